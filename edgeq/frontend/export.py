@@ -1,0 +1,319 @@
+"""diffusers -> ONNX: export each component, validate it against torch, write a runnable FP32 build.
+
+The folder follows optimum's ONNX Stable Diffusion layout (``text_encoder/``, ``unet/``,
+``vae_decoder/``, ``vae_encoder/``, each with ``model.onnx`` and ``config.json``; ``tokenizer/``,
+``scheduler/``, ``model_index.json``) and adds edgeq's ``tokenizer/tokenizer.onnx`` and
+``manifest.json``. Graphs over 2 GB keep their weights in one ``model.onnx_data`` file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq.errors import EdgeqError
+from edgeq.fsutil import staged_dir, write_json
+from edgeq.manifest import MANIFEST, artifact_table, check_artifacts, library_versions, read_manifest, write_manifest
+from edgeq.models.spec import ComponentSpec, ModelSpec
+from edgeq.models.weights import WeightSource, load_pipeline
+from edgeq.runtime.tokenizer import TOKENIZER_MODEL, build_tokenizer_model, tokenizer_settings
+
+EXTERNAL_DATA = "model.onnx_data"
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How to export. ``static`` fixes batch and image size; otherwise those axes are dynamic."""
+
+    opset: int = 17
+    static: bool = False
+    batch: int = 2  # the classifier-free-guidance batch
+    height: int | None = None  # image pixels; default: the model's resolution
+    width: int | None = None
+    validate: bool = True
+
+
+@dataclass(frozen=True)
+class Validation:
+    output: str
+    max_abs: float
+    max_rel: float  # max |onnx - torch| / max |torch|
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(np.isfinite(self.max_rel) and self.max_rel <= self.tolerance)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The stage-border object: a runnable FP32 build folder and how it was made."""
+
+    folder: Path
+    reused: bool
+    validations: dict[str, list[Validation]]
+    seconds: float
+
+
+def cache_key(source: WeightSource, settings: ExportSettings) -> str:
+    v = library_versions()
+    blob = json.dumps({
+        "model": source.spec.name, "family": source.spec.family, "weights": source.fingerprint(),
+        "settings": asdict(settings), "versions": {k: v.get(k) for k in ("edgeq", "torch", "diffusers", "transformers", "onnx")},
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def export(source: WeightSource, out: Path, settings: ExportSettings = ExportSettings(), log=print) -> ExportResult:
+    """Export ``source`` to ``out``; reuse ``out`` when it already holds this exact export."""
+    t0 = time.time()
+    key = cache_key(source, settings)
+    if (out / MANIFEST).is_file():
+        try:
+            old = read_manifest(out)
+            if old.get("cache_key") == key:
+                check_artifacts(out, old)
+                log(f"reusing the export in {out} (same model, settings and library versions)")
+                vals = {c: [Validation(**v) for v in info.get("validation", [])] for c, info in old["components"].items()}
+                return ExportResult(out, True, vals, time.time() - t0)
+        except EdgeqError as e:
+            log(f"not reusing {out}: {e}")
+    pipe = load_pipeline(source)
+    with staged_dir(out) as stage:
+        vals = _export_pipeline(pipe, source, stage, settings, key, log)
+    return ExportResult(out, False, vals, time.time() - t0)
+
+
+def _component_configs(pipe) -> dict[str, dict[str, Any]]:
+    configs: dict[str, dict[str, Any]] = {}
+    for name in ("unet", "vae"):
+        configs[name] = dict(getattr(pipe, name).config)
+    for name in ("text_encoder", "text_encoder_2"):
+        if getattr(pipe, name, None) is not None:
+            configs[name] = getattr(pipe, name).config.to_dict()
+    return configs
+
+
+def _export_pipeline(pipe, source: WeightSource, stage: Path, settings: ExportSettings, key: str, log) -> dict[str, list[Validation]]:
+    import torch
+    from tqdm import tqdm
+
+    spec = source.spec
+    configs = _component_configs(pipe)
+    height = settings.height or spec.resolution
+    width = settings.width or spec.resolution
+    f = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    if height % f or width % f:
+        raise EdgeqError(f"image size {height}x{width} is not a multiple of the VAE factor {f}", "choose sizes divisible by it")
+    axes = {"batch": settings.batch, "sequence": spec.max_length, "height": height // f, "width": width // f,
+            "image_height": height, "image_width": width}
+    components: dict[str, Any] = {}
+    validations: dict[str, list[Validation]] = {}
+    artifacts: list[str] = []
+    torch.manual_seed(0)
+    for comp in tqdm(spec.components, desc="export", unit="graph"):
+        module = _wrap(pipe, comp)
+        rel = f"{comp.name}/model.onnx"
+        (stage / comp.name).mkdir()
+        shapes_in = {t.name: t.resolve(configs, axes) for t in comp.inputs}
+        dummy = _random_inputs(comp, shapes_in, configs, seed=0)
+        t1 = time.time()
+        out_names = _output_names(comp, configs)
+        _torch_export(module, comp, dummy, out_names, stage / rel, settings)
+        graph_s = time.time() - t1
+        artifacts.append(rel)
+        if (stage / comp.name / EXTERNAL_DATA).exists():
+            artifacts.append(f"{comp.name}/{EXTERNAL_DATA}")
+        vals: list[Validation] = []
+        if settings.validate:
+            check_axes = dict(axes) if settings.static else {**axes, "batch": 1}
+            shapes_val = {t.name: t.resolve(configs, check_axes) for t in comp.inputs}
+            vals = _validate(module, comp, stage / rel, _random_inputs(comp, shapes_val, configs, seed=1), out_names)
+            for v in vals:
+                log(f"  {comp.name}.{v.output}: max abs err {v.max_abs:.2e}, rel {v.max_rel:.2e} "
+                    f"(tolerance {v.tolerance:.0e}) {'ok' if v.passed else 'FAILED'}")
+            bad = [v for v in vals if not v.passed]
+            if bad:
+                raise EdgeqError(f"{comp.name}: the ONNX graph disagrees with torch on {bad[0].output} "
+                                 f"(relative error {bad[0].max_rel:.2e} > {bad[0].tolerance:.0e})",
+                                 "try another --opset, or report the model and versions in `edgeq models`")
+        validations[comp.name] = vals
+        cfg_src = "vae" if comp.module == "vae" else comp.module
+        write_json(stage / comp.name / "config.json", configs[cfg_src])
+        components[comp.name] = {
+            "path": rel, "runtime": "onnxruntime", "precision": "fp32", "export_seconds": round(graph_s, 2),
+            "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.resolve(configs, axes if settings.static else None))} for t in comp.inputs],
+            "outputs": out_names, "validation": [asdict(v) for v in vals],
+        }
+    tokenizers = {}
+    for tok_name in ("tokenizer", "tokenizer_2"):
+        tok = getattr(pipe, tok_name, None)
+        if tok is None:
+            continue
+        tok.save_pretrained(stage / tok_name)
+        build_tokenizer_model(stage / tok_name, stage / tok_name / TOKENIZER_MODEL)
+        artifacts.append(f"{tok_name}/{TOKENIZER_MODEL}")
+        tokenizers[tok_name] = {"path": f"{tok_name}/{TOKENIZER_MODEL}", **tokenizer_settings(stage / tok_name)}
+    pipe.scheduler.save_pretrained(stage / "scheduler")
+    index = {"_class_name": type(pipe).__name__, "_diffusers_version": library_versions().get("diffusers")}
+    for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler"):
+        if getattr(pipe, name, None) is not None:
+            obj = getattr(pipe, name)
+            index[name] = [type(obj).__module__.split(".")[0], type(obj).__name__]
+    index["vae_encoder"] = ["diffusers", "AutoencoderKL"]
+    index["vae_decoder"] = ["diffusers", "AutoencoderKL"]
+    write_json(stage / "model_index.json", index)
+    vae_cfg = configs["vae"]
+    write_manifest(stage, {
+        "kind": "fp32", "target": None, "cache_key": key,
+        "model": {"name": spec.name, "family": spec.family, "source": source.describe(), "fingerprint": source.fingerprint()},
+        "pipeline": {
+            "resolution": [height, width], "scheduler": spec.scheduler, "steps": spec.steps, "guidance": spec.guidance,
+            "prediction_type": pipe.scheduler.config.get("prediction_type", spec.prediction_type),
+            "latent_channels": int(vae_cfg["latent_channels"]), "vae_scale_factor": f,
+            "scaling_factor": float(vae_cfg.get("scaling_factor", 0.18215)),
+            "shift_factor": vae_cfg.get("shift_factor"), "max_length": spec.max_length,
+            "force_zeros_for_empty_prompt": bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)),
+            "calibration_data": spec.calibration_data,
+        },
+        "shapes": {"static": settings.static, "axes": axes if settings.static else {k: "dynamic" for k in ("batch", "height", "width")}},
+        "settings": asdict(settings), "components": components, "tokenizers": tokenizers,
+        "scheduler_config": "scheduler/scheduler_config.json", "versions": library_versions(),
+        "artifacts": artifact_table(stage, artifacts),
+    })
+    return validations
+
+
+def _wrap(pipe, comp: ComponentSpec):
+    """The torch module whose forward has exactly the component's ONNX inputs and outputs."""
+    import torch
+
+    module = getattr(pipe, comp.module)
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = module
+
+        def forward(self, input_ids):
+            out = self.m(input_ids.to(torch.int64), output_hidden_states=comp.all_hidden_states)
+            first = out.text_embeds if hasattr(out, "text_embeds") else None
+            main = (first, out.last_hidden_state) if first is not None else (out.last_hidden_state, out.pooler_output)
+            return (*main, *(out.hidden_states if comp.all_hidden_states else ()))
+
+    class UNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = module
+
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+            extra = {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}} if text_embeds is not None else {}
+            return self.m(sample, timestep, encoder_hidden_states, return_dict=False, **extra)[0]
+
+    class VaeDecoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = module
+
+        def forward(self, latent_sample):
+            return self.m.decode(latent_sample, return_dict=False)[0]
+
+    class VaeEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = module
+
+        def forward(self, sample):
+            return self.m.encode(sample, return_dict=False)[0].parameters
+
+    kinds = {"unet": UNet, "vae_decoder": VaeDecoder, "vae_encoder": VaeEncoder}
+    return kinds.get(comp.name, TextEncoder)().eval()
+
+
+def _output_names(comp: ComponentSpec, configs: dict[str, dict[str, Any]]) -> list[str]:
+    names = [t.name for t in comp.outputs]
+    if comp.all_hidden_states:
+        names += [f"hidden_states.{i}" for i in range(int(configs[comp.module]["num_hidden_layers"]) + 1)]
+    return names
+
+
+def _random_inputs(comp: ComponentSpec, shapes: dict[str, tuple], configs, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for t in comp.inputs:
+        shape = shapes[t.name]
+        if t.name == "input_ids":
+            vocab = int(configs[comp.module]["vocab_size"])
+            out[t.name] = rng.integers(0, vocab, shape).astype(np.int32)
+        elif t.name == "timestep":
+            out[t.name] = np.array(rng.uniform(0, 999), np.float32)
+        elif t.name == "time_ids":
+            out[t.name] = np.tile(np.array([[1024, 1024, 0, 0, 1024, 1024]], np.float32), (shape[0], 1))
+        else:
+            out[t.name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def _dynamic_axes(comp: ComponentSpec, out_names: list[str]) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    for t in comp.inputs + comp.outputs:
+        dyn = {i: d for i, d in enumerate(t.shape) if isinstance(d, str) and not d.startswith("{")}
+        if dyn:
+            axes[t.name] = dyn
+    for n in out_names:
+        if n.startswith("hidden_states."):
+            axes[n] = {0: "batch", 1: "sequence"}
+    return axes
+
+
+def _torch_export(module, comp: ComponentSpec, dummy: dict[str, np.ndarray], out_names: list[str], path: Path, settings: ExportSettings) -> None:
+    import onnx
+    import torch
+
+    args = tuple(torch.from_numpy(dummy[t.name]) for t in comp.inputs)
+    scratch = Path(tempfile.mkdtemp(prefix="edgeq-export-", dir=path.parent.parent))
+    try:
+        raw = scratch / "model.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on shape asserts in diffusers/transformers code
+            torch.onnx.export(
+                module, args, str(raw), input_names=[t.name for t in comp.inputs], output_names=out_names,
+                dynamic_axes=None if settings.static else _dynamic_axes(comp, out_names),
+                opset_version=settings.opset, do_constant_folding=True, dynamo=False,
+            )
+        extra_files = [p for p in scratch.iterdir() if p.name != "model.onnx"]
+        if not extra_files and raw.stat().st_size < PROTOBUF_LIMIT:
+            shutil.move(raw, path)
+            return
+        model = onnx.load(str(raw), load_external_data=True)
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=EXTERNAL_DATA, size_threshold=1024)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _validate(module, comp: ComponentSpec, path: Path, feeds: dict[str, np.ndarray], out_names: list[str]) -> list[Validation]:
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(out_names, feeds)
+    with torch.no_grad():
+        ref = module(*[torch.from_numpy(feeds[t.name]) for t in comp.inputs])
+    ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+    vals = []
+    for name, g, r in zip(out_names, got, ref):
+        r = r.numpy()
+        max_abs = float(np.abs(g - r).max())
+        vals.append(Validation(name, max_abs, max_abs / max(float(np.abs(r).max()), 1e-12), comp.atol))
+    return vals

@@ -1,0 +1,155 @@
+"""Text-to-image from a build folder with a runtime alone: no torch, no diffusers.
+
+Tokenize (ONNX tokenizer) -> text encoder(s) -> denoising loop with classifier-free guidance
+(numpy scheduler, UNet graph) -> VAE decoder -> uint8 image. SD1.x/2.x and SDXL conditioning.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq.errors import EdgeqError
+from edgeq.manifest import check_artifacts, read_manifest
+from edgeq.runtime.schedulers import SCHEDULERS, make_scheduler
+from edgeq.runtime.sessions import OrtRunner, Runner
+from edgeq.runtime.tokenizer import OnnxClipTokenizer
+
+RunnerFactory = Callable[[Path, dict[str, Any]], Runner]
+
+
+def default_runner(build: Path, info: dict[str, Any]) -> Runner:
+    return OrtRunner(build / info["path"])
+
+
+@dataclass
+class GenerateOptions:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None
+    height: int | None = None
+    width: int | None = None
+    latents: np.ndarray | None = None  # initial noise; default: drawn from ``seed``
+    unet_hook: Callable[[int, float, dict[str, np.ndarray]], None] | None = field(default=None, repr=False)
+
+
+class Pipeline:
+    """A loaded build. Runners per component come from the manifest's ``runtime`` entry."""
+
+    def __init__(self, build: Path, runners: dict[str, RunnerFactory] | None = None):
+        self.build = Path(build)
+        self.manifest = read_manifest(self.build)
+        check_artifacts(self.build, self.manifest)
+        self.p = self.manifest["pipeline"]
+        self.family = self.manifest["model"]["family"]
+        factories = {"onnxruntime": default_runner, **(runners or {})}
+        self.runners: dict[str, Runner] = {}
+        for name, info in self.manifest["components"].items():
+            if name == "vae_encoder":
+                continue  # text-to-image does not need it; load on demand
+            rt = info.get("runtime", "onnxruntime")
+            if rt not in factories:
+                raise EdgeqError(f"{name} needs the '{rt}' runtime, which this process has not loaded",
+                                 f"run it through `edgeq run`, which loads the {rt} target")
+            self.runners[name] = factories[rt](self.build, info)
+        self.tokenizers = {
+            name: OnnxClipTokenizer(self.build / t["path"], t["max_length"], t["pad_id"], t["eos_id"])
+            for name, t in self.manifest["tokenizers"].items()
+        }
+        self.scheduler_config = json.loads((self.build / self.manifest["scheduler_config"]).read_text())
+
+    # -- text ---------------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str]) -> dict[str, np.ndarray]:
+        """UNet conditioning for ``prompts``: encoder_hidden_states (and SDXL's text_embeds)."""
+        if self.family != "sdxl":
+            ids = self.tokenizers["tokenizer"](prompts)
+            return {"encoder_hidden_states": self.runners["text_encoder"].run({"input_ids": ids})["last_hidden_state"]}
+        hidden, pooled = [], None
+        for enc, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
+            out = self.runners[enc].run({"input_ids": self.tokenizers[tok](prompts)})
+            layers = sorted((k for k in out if k.startswith("hidden_states.")), key=lambda k: int(k.split(".")[1]))
+            hidden.append(out[layers[-2]])  # SDXL conditions on the penultimate layer of both encoders
+            pooled = out.get("text_embeds", pooled)
+        return {"encoder_hidden_states": np.concatenate(hidden, axis=-1), "text_embeds": pooled}
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate(self, o: GenerateOptions) -> np.ndarray:
+        """One image, HxWx3 uint8."""
+        steps = o.steps or self.p["steps"]
+        guidance = self.p["guidance"] if o.guidance is None else o.guidance
+        sched_name = o.scheduler or self.p["scheduler"]
+        if sched_name not in SCHEDULERS:
+            raise EdgeqError(f"unknown scheduler '{sched_name}'", f"choose one of: {', '.join(SCHEDULERS)}")
+        if steps < 1:
+            raise EdgeqError(f"--steps must be at least 1, got {steps}")
+        height = o.height or self.p["resolution"][0]
+        width = o.width or self.p["resolution"][1]
+        f = self.p["vae_scale_factor"]
+        if height % f or width % f:
+            raise EdgeqError(f"image size {height}x{width} is not a multiple of {f}", f"use multiples of {f}")
+        self._check_static(height, width)
+        sched = make_scheduler(sched_name, self.scheduler_config, self.p["prediction_type"])
+        sched.set_timesteps(steps)
+        cfg = guidance > 1.0
+        cond = self.encode_text([o.prompt])
+        if cfg:
+            if self.family == "sdxl" and not o.negative_prompt and self.p.get("force_zeros_for_empty_prompt"):
+                uncond = {k: np.zeros_like(v) for k, v in cond.items()}
+            else:
+                uncond = self.encode_text([o.negative_prompt])
+            cond = {k: np.concatenate([uncond[k], cond[k]]) for k in cond}
+        if self.family == "sdxl":
+            ids = np.array([[height, width, 0, 0, height, width]], np.float32)
+            cond["time_ids"] = np.repeat(ids, 2 if cfg else 1, axis=0)
+        shape = (1, self.p["latent_channels"], height // f, width // f)
+        if o.latents is not None:
+            if tuple(o.latents.shape) != shape:
+                raise EdgeqError(f"latents have shape {o.latents.shape}, expected {shape}")
+            latents = o.latents.astype(np.float32)
+        else:
+            latents = np.random.default_rng(o.seed).standard_normal(shape, dtype=np.float32)
+        latents = latents * np.float32(sched.init_noise_sigma)
+        for i, t in enumerate(sched.timesteps):
+            x = sched.scale_model_input(latents, i)
+            feeds = {"sample": np.concatenate([x, x]) if cfg else x, "timestep": np.array(t, np.float32), **cond}
+            if o.unet_hook is not None:
+                o.unet_hook(i, float(t), feeds)
+            eps = self.runners["unet"].run(feeds)["out_sample"]
+            if cfg:
+                e_u, e_c = eps[:1], eps[1:]
+                eps = e_u + np.float32(guidance) * (e_c - e_u)
+            latents = sched.step(eps, i, latents)
+        return self.decode(latents)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        z = latents / np.float32(self.p["scaling_factor"])
+        if self.p.get("shift_factor"):
+            z = z + np.float32(self.p["shift_factor"])
+        img = self.runners["vae_decoder"].run({"latent_sample": z.astype(np.float32)})["sample"][0]
+        img = np.clip(img / 2 + 0.5, 0.0, 1.0).transpose(1, 2, 0)
+        return (img * 255).round().astype(np.uint8)
+
+    def _check_static(self, height: int, width: int) -> None:
+        shapes = self.manifest.get("shapes", {})
+        if shapes.get("static"):
+            want = tuple(self.p["resolution"])
+            if (height, width) != want:
+                raise EdgeqError(f"this build has static shapes for {want[0]}x{want[1]} images, asked for {height}x{width}",
+                                 "use the build's size, or export without --static")
+
+
+def save_png(img: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(img).save(tmp, format="PNG")
+    tmp.replace(path)

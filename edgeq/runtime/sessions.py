@@ -1,0 +1,37 @@
+"""Runners: one object per component graph, ``run(feeds) -> {output name: array}``.
+
+The FP32 build and the ONNX Runtime targets use :class:`OrtRunner`; other targets register their
+own runner in their module (OpenVINO, TensorRT), so this file never imports them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class Runner(Protocol):
+    input_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class OrtRunner:
+    """An ONNX Runtime CPU session with full graph optimisation."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or int(os.environ.get("EDGEQ_THREADS", "0"))
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
