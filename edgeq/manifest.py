@@ -14,8 +14,19 @@ from edgeq.fsutil import sha256_file, write_json
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-_LIBS = ("edgeq", "numpy", "onnx", "onnxruntime", "onnxruntime-extensions", "torch", "diffusers", "transformers",
-         "openvino", "tensorrt", "nncf")
+_LIBS = (
+    "edgeq",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-extensions",
+    "torch",
+    "diffusers",
+    "transformers",
+    "openvino",
+    "tensorrt",
+    "nncf",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -41,15 +52,19 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise EdgeqError(f"build folder {folder} does not exist", "make one with `edgeq export MODEL --out DIR`")
     if not path.is_file():
-        raise EdgeqError(f"{folder} has no {MANIFEST}, so it is not an edgeq build (or its build did not finish)",
-                         "run `edgeq export` or `edgeq build` again")
+        raise EdgeqError(
+            f"{folder} has no {MANIFEST}, so it is not an edgeq build (or its build did not finish)",
+            "run `edgeq export` or `edgeq build` again",
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise EdgeqError(f"{path} is not valid JSON ({e})", "the build is damaged: build it again") from None
     if data.get("format") != FORMAT:
-        raise EdgeqError(f"{path} has format {data.get('format')}, this edgeq reads format {FORMAT}",
-                         "rebuild it with this edgeq version")
+        raise EdgeqError(
+            f"{path} has format {data.get('format')}, this edgeq reads format {FORMAT}",
+            "rebuild it with this edgeq version",
+        )
     return data
 
 
@@ -61,8 +76,12 @@ def check_artifacts(folder: Path, manifest: dict[str, Any], full: bool = False) 
             raise EdgeqError(f"{p} is missing from the build", "rebuild, or copy the whole build folder")
         size = p.stat().st_size
         if size != info["bytes"]:
-            raise EdgeqError(f"{p} has {size} bytes, the manifest expects {info['bytes']} (truncated or replaced?)",
-                             "rebuild, or copy the build folder again")
+            raise EdgeqError(
+                f"{p} has {size} bytes, the manifest expects {info['bytes']} (truncated or replaced?)",
+                "rebuild, or copy the build folder again",
+            )
         if full and sha256_file(p) != info["sha256"]:
-            raise EdgeqError(f"{p} does not match its sha256 in the manifest (expected {info['sha256'][:16]}...)",
-                             "rebuild, or copy the build folder again")
+            raise EdgeqError(
+                f"{p} does not match its sha256 in the manifest (expected {info['sha256'][:16]}...)",
+                "rebuild, or copy the build folder again",
+            )

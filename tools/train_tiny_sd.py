@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgeq.models.bpe import write_tokenizer  # noqa: E402
-from edgeq.verify.adherence import all_scenes, adherence, render  # noqa: E402
+from edgeq.verify.adherence import adherence, all_scenes, render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
@@ -42,7 +42,7 @@ HELDOUT_EVERY = 10  # every 10th scene (after a seeded shuffle) is never shown i
 def split_scenes(seed: int):
     scenes = all_scenes()
     order = np.random.default_rng(seed).permutation(len(scenes))
-    heldout = [scenes[i] for i in order[:: HELDOUT_EVERY]]
+    heldout = [scenes[i] for i in order[::HELDOUT_EVERY]]
     train = [scenes[i] for i in order if i not in set(order[::HELDOUT_EVERY])]
     return train, heldout
 
@@ -143,7 +143,9 @@ def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
 def train_unet(unet, text_encoder, tokenizer, means, stds, captions, scale, steps, batch, seed, log):
     from diffusers import DDPMScheduler
 
-    noise_sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
+    noise_sched = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000
+    )
     g = torch.Generator().manual_seed(seed)
     ids_all = tokenize(tokenizer, captions)
     empty_ids = tokenize(tokenizer, [""])
@@ -202,8 +204,15 @@ def evaluate(pipe_dir: Path, prompts: list[str], seed: int, grid_path: Path | No
     images = []
     for i in range(0, len(prompts), 16):
         g = torch.Generator().manual_seed(seed + i)
-        out = pipe(prompts[i : i + 16], num_inference_steps=steps, guidance_scale=guidance, generator=g,
-                   height=IMAGE_SIZE, width=IMAGE_SIZE, output_type="np").images
+        out = pipe(
+            prompts[i : i + 16],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=g,
+            height=IMAGE_SIZE,
+            width=IMAGE_SIZE,
+            output_type="np",
+        ).images
         images += [np.clip(np.round(im * 255), 0, 255).astype(np.uint8) for im in out]
     result = adherence(prompts, images)
     if grid_path is not None:
@@ -215,7 +224,9 @@ def evaluate(pipe_dir: Path, prompts: list[str], seed: int, grid_path: Path | No
             r, c = divmod(k, cols)
             grid[r * IMAGE_SIZE : (r + 1) * IMAGE_SIZE, c * IMAGE_SIZE : (c + 1) * IMAGE_SIZE] = images[k]
         grid_path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(grid_path, optimize=True)
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(
+            grid_path, optimize=True
+        )
     return result
 
 
@@ -265,8 +276,10 @@ def main() -> None:
     vocab_size = write_tokenizer(stage / "tokenizer", CAPTION_WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(stage / "tokenizer")
     vae, text_encoder, unet = build_models(vocab_size)
-    n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in
-                {"vae": vae, "text_encoder": text_encoder, "unet": unet}.items()}
+    n_params = {
+        k: sum(p.numel() for p in m.parameters())
+        for k, m in {"vae": vae, "text_encoder": text_encoder, "unet": unet}.items()
+    }
     log(f"parameters: {n_params}")
 
     t0 = time.time()
@@ -277,7 +290,9 @@ def main() -> None:
         mse = F.mse_loss((rec.clamp(-1, 1) + 1) / 2, (data[:256] + 1) / 2).item()
     scale = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scale)
-    log(f"vae: {time.time() - t0:.0f}s, reconstruction PSNR {10 * math.log10(1 / mse):.1f} dB, latent scale {scale:.4f}")
+    log(
+        f"vae: {time.time() - t0:.0f}s, reconstruction PSNR {10 * math.log10(1 / mse):.1f} dB, latent scale {scale:.4f}"
+    )
 
     t0 = time.time()
     train_unet(unet, text_encoder, tokenizer, means, stds, captions, scale, args.unet_steps, args.batch, args.seed, log)
@@ -285,25 +300,51 @@ def main() -> None:
 
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    scheduler = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    scheduler = PNDMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
     scheduler.register_to_config(clip_sample=False)  # as SD1.5's own config: DDIM must not clip latents to [-1, 1]
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(stage, safe_serialization=True)
     heldout = (ROOT / "calibration_data" / "tiny-sd" / "heldout.txt").read_text().split("\n")
     heldout = [p for p in heldout if p]
     res = evaluate(stage, heldout, 1234, ROOT / "docs" / "tiny-sd-fp32-heldout.png", args.eval_steps, args.guidance)
-    log(f"FP32 adherence on {res.n} held-out prompts (DDIM {args.eval_steps} steps, guidance {args.guidance}): {res.to_dict()}")
+    log(
+        f"FP32 adherence on {res.n} held-out prompts (DDIM {args.eval_steps} steps, guidance {args.guidance}): {res.to_dict()}"
+    )
     size_mb = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file()) / 2**20
     log(f"model size on disk: {size_mb:.1f} MB; total time {time.time() - t_start:.0f}s")
     (stage / "training_log.txt").write_text("\n".join(log_lines) + "\n")
-    (stage / "training_summary.json").write_text(json.dumps({
-        "seed": args.seed, "parameters": n_params, "size_mb": round(size_mb, 2),
-        "train_seconds": round(time.time() - t_start), "vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
-        "adherence_fp32": res.to_dict(), "eval": {"scheduler": "ddim", "steps": args.eval_steps, "guidance": args.guidance},
-    }, indent=2))
+    (stage / "training_summary.json").write_text(
+        json.dumps(
+            {
+                "seed": args.seed,
+                "parameters": n_params,
+                "size_mb": round(size_mb, 2),
+                "train_seconds": round(time.time() - t_start),
+                "vae_steps": args.vae_steps,
+                "unet_steps": args.unet_steps,
+                "adherence_fp32": res.to_dict(),
+                "eval": {"scheduler": "ddim", "steps": args.eval_steps, "guidance": args.guidance},
+            },
+            indent=2,
+        )
+    )
     if args.out.exists():
         shutil.rmtree(args.out)
     stage.rename(args.out)

@@ -23,7 +23,7 @@ import numpy as np
 from edgeq.errors import EdgeqError
 from edgeq.fsutil import staged_dir, write_json
 from edgeq.manifest import MANIFEST, artifact_table, check_artifacts, library_versions, read_manifest, write_manifest
-from edgeq.models.spec import ComponentSpec, ModelSpec
+from edgeq.models.spec import ComponentSpec
 from edgeq.models.weights import WeightSource, load_pipeline
 from edgeq.runtime.tokenizer import TOKENIZER_MODEL, build_tokenizer_model, tokenizer_settings
 
@@ -67,10 +67,16 @@ class ExportResult:
 
 def cache_key(source: WeightSource, settings: ExportSettings) -> str:
     v = library_versions()
-    blob = json.dumps({
-        "model": source.spec.name, "family": source.spec.family, "weights": source.fingerprint(),
-        "settings": asdict(settings), "versions": {k: v.get(k) for k in ("edgeq", "torch", "diffusers", "transformers", "onnx")},
-    }, sort_keys=True)
+    blob = json.dumps(
+        {
+            "model": source.spec.name,
+            "family": source.spec.family,
+            "weights": source.fingerprint(),
+            "settings": asdict(settings),
+            "versions": {k: v.get(k) for k in ("edgeq", "torch", "diffusers", "transformers", "onnx")},
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -84,7 +90,9 @@ def export(source: WeightSource, out: Path, settings: ExportSettings = ExportSet
             if old.get("cache_key") == key:
                 check_artifacts(out, old)
                 log(f"reusing the export in {out} (same model, settings and library versions)")
-                vals = {c: [Validation(**v) for v in info.get("validation", [])] for c, info in old["components"].items()}
+                vals = {
+                    c: [Validation(**v) for v in info.get("validation", [])] for c, info in old["components"].items()
+                }
                 return ExportResult(out, True, vals, time.time() - t0)
         except EdgeqError as e:
             log(f"not reusing {out}: {e}")
@@ -104,7 +112,9 @@ def _component_configs(pipe) -> dict[str, dict[str, Any]]:
     return configs
 
 
-def _export_pipeline(pipe, source: WeightSource, stage: Path, settings: ExportSettings, key: str, log) -> dict[str, list[Validation]]:
+def _export_pipeline(
+    pipe, source: WeightSource, stage: Path, settings: ExportSettings, key: str, log
+) -> dict[str, list[Validation]]:
     import torch
     from tqdm import tqdm
 
@@ -114,9 +124,17 @@ def _export_pipeline(pipe, source: WeightSource, stage: Path, settings: ExportSe
     width = settings.width or spec.resolution
     f = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
     if height % f or width % f:
-        raise EdgeqError(f"image size {height}x{width} is not a multiple of the VAE factor {f}", "choose sizes divisible by it")
-    axes = {"batch": settings.batch, "sequence": spec.max_length, "height": height // f, "width": width // f,
-            "image_height": height, "image_width": width}
+        raise EdgeqError(
+            f"image size {height}x{width} is not a multiple of the VAE factor {f}", "choose sizes divisible by it"
+        )
+    axes = {
+        "batch": settings.batch,
+        "sequence": spec.max_length,
+        "height": height // f,
+        "width": width // f,
+        "image_height": height,
+        "image_width": width,
+    }
     components: dict[str, Any] = {}
     validations: dict[str, list[Validation]] = {}
     artifacts: list[str] = []
@@ -140,20 +158,31 @@ def _export_pipeline(pipe, source: WeightSource, stage: Path, settings: ExportSe
             shapes_val = {t.name: t.resolve(configs, check_axes) for t in comp.inputs}
             vals = _validate(module, comp, stage / rel, _random_inputs(comp, shapes_val, configs, seed=1), out_names)
             for v in vals:
-                log(f"  {comp.name}.{v.output}: max abs err {v.max_abs:.2e}, rel {v.max_rel:.2e} "
-                    f"(tolerance {v.tolerance:.0e}) {'ok' if v.passed else 'FAILED'}")
+                log(
+                    f"  {comp.name}.{v.output}: max abs err {v.max_abs:.2e}, rel {v.max_rel:.2e} "
+                    f"(tolerance {v.tolerance:.0e}) {'ok' if v.passed else 'FAILED'}"
+                )
             bad = [v for v in vals if not v.passed]
             if bad:
-                raise EdgeqError(f"{comp.name}: the ONNX graph disagrees with torch on {bad[0].output} "
-                                 f"(relative error {bad[0].max_rel:.2e} > {bad[0].tolerance:.0e})",
-                                 "try another --opset, or report the model and versions in `edgeq models`")
+                raise EdgeqError(
+                    f"{comp.name}: the ONNX graph disagrees with torch on {bad[0].output} "
+                    f"(relative error {bad[0].max_rel:.2e} > {bad[0].tolerance:.0e})",
+                    "try another --opset, or report the model and versions in `edgeq models`",
+                )
         validations[comp.name] = vals
         cfg_src = "vae" if comp.module == "vae" else comp.module
         write_json(stage / comp.name / "config.json", configs[cfg_src])
         components[comp.name] = {
-            "path": rel, "runtime": "onnxruntime", "precision": "fp32", "export_seconds": round(graph_s, 2),
-            "inputs": [{"name": t.name, "dtype": t.dtype, "shape": list(t.resolve(configs, axes if settings.static else None))} for t in comp.inputs],
-            "outputs": out_names, "validation": [asdict(v) for v in vals],
+            "path": rel,
+            "runtime": "onnxruntime",
+            "precision": "fp32",
+            "export_seconds": round(graph_s, 2),
+            "inputs": [
+                {"name": t.name, "dtype": t.dtype, "shape": list(t.resolve(configs, axes if settings.static else None))}
+                for t in comp.inputs
+            ],
+            "outputs": out_names,
+            "validation": [asdict(v) for v in vals],
         }
     tokenizers = {}
     for tok_name in ("tokenizer", "tokenizer_2"):
@@ -174,23 +203,44 @@ def _export_pipeline(pipe, source: WeightSource, stage: Path, settings: ExportSe
     index["vae_decoder"] = ["diffusers", "AutoencoderKL"]
     write_json(stage / "model_index.json", index)
     vae_cfg = configs["vae"]
-    write_manifest(stage, {
-        "kind": "fp32", "target": None, "cache_key": key,
-        "model": {"name": spec.name, "family": spec.family, "source": source.describe(), "fingerprint": source.fingerprint()},
-        "pipeline": {
-            "resolution": [height, width], "scheduler": spec.scheduler, "steps": spec.steps, "guidance": spec.guidance,
-            "prediction_type": pipe.scheduler.config.get("prediction_type", spec.prediction_type),
-            "latent_channels": int(vae_cfg["latent_channels"]), "vae_scale_factor": f,
-            "scaling_factor": float(vae_cfg.get("scaling_factor", 0.18215)),
-            "shift_factor": vae_cfg.get("shift_factor"), "max_length": spec.max_length,
-            "force_zeros_for_empty_prompt": bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)),
-            "calibration_data": spec.calibration_data,
+    write_manifest(
+        stage,
+        {
+            "kind": "fp32",
+            "target": None,
+            "cache_key": key,
+            "model": {
+                "name": spec.name,
+                "family": spec.family,
+                "source": source.describe(),
+                "fingerprint": source.fingerprint(),
+            },
+            "pipeline": {
+                "resolution": [height, width],
+                "scheduler": spec.scheduler,
+                "steps": spec.steps,
+                "guidance": spec.guidance,
+                "prediction_type": pipe.scheduler.config.get("prediction_type", spec.prediction_type),
+                "latent_channels": int(vae_cfg["latent_channels"]),
+                "vae_scale_factor": f,
+                "scaling_factor": float(vae_cfg.get("scaling_factor", 0.18215)),
+                "shift_factor": vae_cfg.get("shift_factor"),
+                "max_length": spec.max_length,
+                "force_zeros_for_empty_prompt": bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)),
+                "calibration_data": spec.calibration_data,
+            },
+            "shapes": {
+                "static": settings.static,
+                "axes": axes if settings.static else {k: "dynamic" for k in ("batch", "height", "width")},
+            },
+            "settings": asdict(settings),
+            "components": components,
+            "tokenizers": tokenizers,
+            "scheduler_config": "scheduler/scheduler_config.json",
+            "versions": library_versions(),
+            "artifacts": artifact_table(stage, artifacts),
         },
-        "shapes": {"static": settings.static, "axes": axes if settings.static else {k: "dynamic" for k in ("batch", "height", "width")}},
-        "settings": asdict(settings), "components": components, "tokenizers": tokenizers,
-        "scheduler_config": "scheduler/scheduler_config.json", "versions": library_versions(),
-        "artifacts": artifact_table(stage, artifacts),
-    })
+    )
     return validations
 
 
@@ -217,7 +267,11 @@ def _wrap(pipe, comp: ComponentSpec):
             self.m = module
 
         def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
-            extra = {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}} if text_embeds is not None else {}
+            extra = (
+                {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}}
+                if text_embeds is not None
+                else {}
+            )
             return self.m(sample, timestep, encoder_hidden_states, return_dict=False, **extra)[0]
 
     class VaeDecoder(torch.nn.Module):
@@ -276,7 +330,14 @@ def _dynamic_axes(comp: ComponentSpec, out_names: list[str]) -> dict[str, dict[i
     return axes
 
 
-def _torch_export(module, comp: ComponentSpec, dummy: dict[str, np.ndarray], out_names: list[str], path: Path, settings: ExportSettings) -> None:
+def _torch_export(
+    module,
+    comp: ComponentSpec,
+    dummy: dict[str, np.ndarray],
+    out_names: list[str],
+    path: Path,
+    settings: ExportSettings,
+) -> None:
     import onnx
     import torch
 
@@ -287,22 +348,36 @@ def _torch_export(module, comp: ComponentSpec, dummy: dict[str, np.ndarray], out
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes on shape asserts in diffusers/transformers code
             torch.onnx.export(
-                module, args, str(raw), input_names=[t.name for t in comp.inputs], output_names=out_names,
+                module,
+                args,
+                str(raw),
+                input_names=[t.name for t in comp.inputs],
+                output_names=out_names,
                 dynamic_axes=None if settings.static else _dynamic_axes(comp, out_names),
-                opset_version=settings.opset, do_constant_folding=True, dynamo=False,
+                opset_version=settings.opset,
+                do_constant_folding=True,
+                dynamo=False,
             )
         extra_files = [p for p in scratch.iterdir() if p.name != "model.onnx"]
         if not extra_files and raw.stat().st_size < PROTOBUF_LIMIT:
             shutil.move(raw, path)
             return
         model = onnx.load(str(raw), load_external_data=True)
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=EXTERNAL_DATA, size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=EXTERNAL_DATA,
+            size_threshold=1024,
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _validate(module, comp: ComponentSpec, path: Path, feeds: dict[str, np.ndarray], out_names: list[str]) -> list[Validation]:
+def _validate(
+    module, comp: ComponentSpec, path: Path, feeds: dict[str, np.ndarray], out_names: list[str]
+) -> list[Validation]:
     import onnxruntime as ort
     import torch
 

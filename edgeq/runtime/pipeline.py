@@ -57,8 +57,10 @@ class Pipeline:
                 continue  # text-to-image does not need it; load on demand
             rt = info.get("runtime", "onnxruntime")
             if rt not in factories:
-                raise EdgeqError(f"{name} needs the '{rt}' runtime, which this process has not loaded",
-                                 f"run it through `edgeq run`, which loads the {rt} target")
+                raise EdgeqError(
+                    f"{name} needs the '{rt}' runtime, which this process has not loaded",
+                    f"run it through `edgeq run`, which loads the {rt} target",
+                )
             self.runners[name] = factories[rt](self.build, info)
         self.tokenizers = {
             name: OnnxClipTokenizer(self.build / t["path"], t["max_length"], t["pad_id"], t["eos_id"])
@@ -142,8 +144,10 @@ class Pipeline:
         if shapes.get("static"):
             want = tuple(self.p["resolution"])
             if (height, width) != want:
-                raise EdgeqError(f"this build has static shapes for {want[0]}x{want[1]} images, asked for {height}x{width}",
-                                 "use the build's size, or export without --static")
+                raise EdgeqError(
+                    f"this build has static shapes for {want[0]}x{want[1]} images, asked for {height}x{width}",
+                    "use the build's size, or export without --static",
+                )
 
 
 def save_png(img: np.ndarray, path: Path) -> None:

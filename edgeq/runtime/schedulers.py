@@ -39,8 +39,9 @@ class NoiseSchedule:
         elif kind == "scaled_linear":
             betas = np.linspace(b0**0.5, b1**0.5, n, dtype=np.float32) ** 2
         else:
-            raise EdgeqError(f"beta schedule '{kind}' is not supported by edgeq's runtime",
-                             "supported: linear, scaled_linear")
+            raise EdgeqError(
+                f"beta schedule '{kind}' is not supported by edgeq's runtime", "supported: linear, scaled_linear"
+            )
         ac = np.cumprod((1.0 - betas).astype(np.float32), dtype=np.float32)
         pred = prediction_type or config.get("prediction_type", "epsilon")
         if pred not in ("epsilon", "v_prediction"):
@@ -137,7 +138,9 @@ class EulerDiscrete(Scheduler):
         self.sigmas = np.concatenate([sig, [0.0]]).astype(np.float32)
         self.timesteps = ts.astype(np.float32)
         smax = float(self.sigmas.max())
-        self.init_noise_sigma = smax if s.timestep_spacing in ("linspace", "trailing") else float(np.float32((smax**2 + 1) ** 0.5))
+        self.init_noise_sigma = (
+            smax if s.timestep_spacing in ("linspace", "trailing") else float(np.float32((smax**2 + 1) ** 0.5))
+        )
 
     def scale_model_input(self, sample: np.ndarray, step_index: int) -> np.ndarray:
         sigma = self.sigmas[step_index]
@@ -205,7 +208,11 @@ class DPMSolverPP2M(Scheduler):
             m0, m1 = self.outputs[-1], self.outputs[-2]
             r0 = (lam_s0 - lam_s1) / h
             d1 = (1.0 / r0) * (m0 - m1)
-            out = (sigma_t / sigma_s0) * sample - alpha_t * (np.exp(-h) - 1.0) * m0 - 0.5 * alpha_t * (np.exp(-h) - 1.0) * d1
+            out = (
+                (sigma_t / sigma_s0) * sample
+                - alpha_t * (np.exp(-h) - 1.0) * m0
+                - 0.5 * alpha_t * (np.exp(-h) - 1.0) * d1
+            )
         if self.lower_order_nums < 2:
             self.lower_order_nums += 1
         return np.asarray(out, np.float32)
@@ -213,10 +220,16 @@ class DPMSolverPP2M(Scheduler):
 
 def make_scheduler(name: str, config: dict[str, Any], prediction_type: str | None = None) -> Scheduler:
     """A scheduler by name, configured from a diffusers scheduler config."""
-    if config.get("use_karras_sigmas") or config.get("thresholding") or config.get("use_exponential_sigmas") \
-            or config.get("use_beta_sigmas"):
-        raise EdgeqError("the scheduler config asks for Karras/exponential/beta sigmas or thresholding",
-                         "edgeq's runtime implements the plain schedules; remove those options")
+    if (
+        config.get("use_karras_sigmas")
+        or config.get("thresholding")
+        or config.get("use_exponential_sigmas")
+        or config.get("use_beta_sigmas")
+    ):
+        raise EdgeqError(
+            "the scheduler config asks for Karras/exponential/beta sigmas or thresholding",
+            "edgeq's runtime implements the plain schedules; remove those options",
+        )
     classes = {"ddim": DDIM, "euler": EulerDiscrete, "dpmpp_2m": DPMSolverPP2M}
     if name not in classes:
         raise EdgeqError(f"unknown scheduler '{name}'", f"choose one of: {', '.join(SCHEDULERS)}")

@@ -1,0 +1,61 @@
+"""The target registry: one entry per backend, its module imported only when it is used.
+
+A new target is one module in this package plus one line here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    name: str
+    description: str
+    module: str  # edgeq.targets.<module>, imported lazily
+    runtime: str  # the Python package that runs it
+    install: str  # how to get that package
+    implemented: bool
+
+    def runtime_installed(self) -> bool:
+        return importlib.util.find_spec(self.runtime) is not None
+
+
+TARGETS: dict[str, TargetInfo] = {
+    t.name: t
+    for t in (
+        TargetInfo(
+            "ort-cpu",
+            "ONNX Runtime on x86/ARM CPUs (W8A8 Q/DQ, U8S8)",
+            "ort_cpu",
+            "onnxruntime",
+            "pip install onnxruntime",
+            False,
+        ),
+        TargetInfo(
+            "ort-mobile",
+            "ONNX Runtime mobile (.ort, XNNPACK/NNAPI/QNN flavours)",
+            "ort_mobile",
+            "onnxruntime",
+            "pip install onnxruntime",
+            False,
+        ),
+        TargetInfo(
+            "openvino",
+            "OpenVINO IR for Intel/AMD CPUs, GPUs and NPUs",
+            "openvino",
+            "openvino",
+            "pip install 'edgeq[openvino]'",
+            False,
+        ),
+        TargetInfo(
+            "tensorrt",
+            "TensorRT INT8 engines for NVIDIA GPUs (Jetson included)",
+            "tensorrt",
+            "tensorrt",
+            "pip install 'edgeq[tensorrt]' (needs an NVIDIA GPU to build engines)",
+            False,
+        ),
+    )
+}

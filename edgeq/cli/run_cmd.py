@@ -1,0 +1,52 @@
+"""edgeq run BUILD_DIR --prompt TEXT -o out.png"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from edgeq.errors import EdgeqError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from edgeq.runtime.schedulers import SCHEDULERS
+
+    p.add_argument("build", type=Path, help="a build folder (from edgeq export or edgeq build)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("-o", "--output", type=Path, default=Path("out.png"), help="PNG file to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeq.runtime.pipeline import GenerateOptions, Pipeline, save_png
+
+    if args.output.suffix.lower() != ".png":
+        raise EdgeqError(f"output {args.output} is not a .png file", "give -o NAME.png")
+    t0 = time.time()
+    pipe = Pipeline(args.build)
+    t1 = time.time()
+    img = pipe.generate(
+        GenerateOptions(
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            seed=args.seed,
+            steps=args.steps,
+            guidance=args.guidance,
+            scheduler=args.scheduler,
+            height=args.height,
+            width=args.width,
+        )
+    )
+    try:
+        save_png(img, args.output)
+    except OSError as e:
+        raise EdgeqError(f"cannot write {args.output}: {e.strerror}", "choose a writable output path") from None
+    print(f"wrote {args.output} ({img.shape[1]}x{img.shape[0]}) in {time.time() - t1:.2f} s (load {t1 - t0:.2f} s)")
+    return 0
