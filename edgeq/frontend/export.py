@@ -129,6 +129,7 @@ def _export_pipeline(
         )
     axes = {
         "batch": settings.batch,
+        "image_batch": 1,
         "sequence": spec.max_length,
         "height": height // f,
         "width": width // f,
@@ -140,50 +141,9 @@ def _export_pipeline(
     artifacts: list[str] = []
     torch.manual_seed(0)
     for comp in tqdm(spec.components, desc="export", unit="graph"):
-        module = _wrap(pipe, comp)
-        rel = f"{comp.name}/model.onnx"
-        (stage / comp.name).mkdir()
-        shapes_in = {t.name: t.resolve(configs, axes) for t in comp.inputs}
-        dummy = _random_inputs(comp, shapes_in, configs, seed=0)
-        t1 = time.time()
-        out_names = _output_names(comp, configs)
-        _torch_export(module, comp, dummy, out_names, stage / rel, settings)
-        graph_s = time.time() - t1
-        artifacts.append(rel)
-        if (stage / comp.name / EXTERNAL_DATA).exists():
-            artifacts.append(f"{comp.name}/{EXTERNAL_DATA}")
-        vals: list[Validation] = []
-        if settings.validate:
-            check_axes = dict(axes) if settings.static else {**axes, "batch": 1}
-            shapes_val = {t.name: t.resolve(configs, check_axes) for t in comp.inputs}
-            vals = _validate(module, comp, stage / rel, _random_inputs(comp, shapes_val, configs, seed=1), out_names)
-            for v in vals:
-                log(
-                    f"  {comp.name}.{v.output}: max abs err {v.max_abs:.2e}, rel {v.max_rel:.2e} "
-                    f"(tolerance {v.tolerance:.0e}) {'ok' if v.passed else 'FAILED'}"
-                )
-            bad = [v for v in vals if not v.passed]
-            if bad:
-                raise EdgeqError(
-                    f"{comp.name}: the ONNX graph disagrees with torch on {bad[0].output} "
-                    f"(relative error {bad[0].max_rel:.2e} > {bad[0].tolerance:.0e})",
-                    "try another --opset, or report the model and versions in `edgeq models`",
-                )
-        validations[comp.name] = vals
-        cfg_src = "vae" if comp.module == "vae" else comp.module
-        write_json(stage / comp.name / "config.json", configs[cfg_src])
-        components[comp.name] = {
-            "path": rel,
-            "runtime": "onnxruntime",
-            "precision": "fp32",
-            "export_seconds": round(graph_s, 2),
-            "inputs": [
-                {"name": t.name, "dtype": t.dtype, "shape": list(t.resolve(configs, axes if settings.static else None))}
-                for t in comp.inputs
-            ],
-            "outputs": out_names,
-            "validation": [asdict(v) for v in vals],
-        }
+        entry, vals, files = export_graph(pipe, comp, configs, axes, stage, settings, log)
+        components[comp.name], validations[comp.name] = entry, vals
+        artifacts += files
     tokenizers = {}
     for tok_name in ("tokenizer", "tokenizer_2"):
         tok = getattr(pipe, tok_name, None)
@@ -242,6 +202,61 @@ def _export_pipeline(
         },
     )
     return validations
+
+
+def export_graph(
+    pipe,
+    comp: ComponentSpec,
+    configs: dict[str, dict[str, Any]],
+    axes: dict[str, int],
+    stage: Path,
+    settings: ExportSettings,
+    log=print,
+) -> tuple[dict[str, Any], list[Validation], list[str]]:
+    """Export one component to ``stage/<name>/model.onnx`` and validate it against torch.
+
+    Returns its manifest entry, the validation results and the files written.
+    """
+    module = _wrap(pipe, comp)
+    rel = f"{comp.name}/model.onnx"
+    (stage / comp.name).mkdir(parents=True, exist_ok=True)
+    dummy = _random_inputs(comp, {t.name: t.resolve(configs, axes) for t in comp.inputs}, configs, seed=0)
+    out_names = _output_names(comp, configs)
+    t1 = time.time()
+    _torch_export(module, comp, dummy, out_names, stage / rel, settings)
+    graph_s = time.time() - t1
+    files = [rel] + ([f"{comp.name}/{EXTERNAL_DATA}"] if (stage / comp.name / EXTERNAL_DATA).exists() else [])
+    vals: list[Validation] = []
+    if settings.validate:
+        check_axes = dict(axes) if settings.static else {**axes, "batch": 1, "image_batch": 2}
+        shapes_val = {t.name: t.resolve(configs, check_axes) for t in comp.inputs}
+        vals = _validate(module, comp, stage / rel, _random_inputs(comp, shapes_val, configs, seed=1), out_names)
+        for v in vals:
+            log(
+                f"  {comp.name}.{v.output}: max abs err {v.max_abs:.2e}, rel {v.max_rel:.2e} "
+                f"(tolerance {v.tolerance:.0e}) {'ok' if v.passed else 'FAILED'}"
+            )
+        bad = [v for v in vals if not v.passed]
+        if bad:
+            raise EdgeqError(
+                f"{comp.name}: the ONNX graph disagrees with torch on {bad[0].output} "
+                f"(relative error {bad[0].max_rel:.2e} > {bad[0].tolerance:.0e})",
+                "try another --opset, or report the model and versions in `edgeq models`",
+            )
+    write_json(stage / comp.name / "config.json", configs["vae" if comp.module == "vae" else comp.module])
+    entry = {
+        "path": rel,
+        "runtime": "onnxruntime",
+        "precision": "fp32",
+        "export_seconds": round(graph_s, 2),
+        "inputs": [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.resolve(configs, axes if settings.static else None))}
+            for t in comp.inputs
+        ],
+        "outputs": out_names,
+        "validation": [asdict(v) for v in vals],
+    }
+    return entry, vals, files
 
 
 def _wrap(pipe, comp: ComponentSpec):

@@ -40,15 +40,15 @@ def _unet(sdxl: bool = False) -> ComponentSpec:
 _VAE_DEC = ComponentSpec(
     "vae_decoder",
     "vae",
-    (T("latent_sample", "float32", ("batch", "{vae.latent_channels}", "height", "width")),),
-    (T("sample", "float32", ("batch", "{vae.out_channels}", "image_height", "image_width")),),
+    (T("latent_sample", "float32", ("image_batch", "{vae.latent_channels}", "height", "width")),),
+    (T("sample", "float32", ("image_batch", "{vae.out_channels}", "image_height", "image_width")),),
     atol=2e-3,
 )
 _VAE_ENC = ComponentSpec(
     "vae_encoder",
     "vae",
-    (T("sample", "float32", ("batch", "{vae.in_channels}", "image_height", "image_width")),),
-    (T("latent_parameters", "float32", ("batch", "{vae.latent_channels2}", "height", "width")),),
+    (T("sample", "float32", ("image_batch", "{vae.in_channels}", "image_height", "image_width")),),
+    (T("latent_parameters", "float32", ("image_batch", "{vae.latent_channels2}", "height", "width")),),
     atol=2e-3,
 )
 

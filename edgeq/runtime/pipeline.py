@@ -97,17 +97,17 @@ class Pipeline:
         f = self.p["vae_scale_factor"]
         if height % f or width % f:
             raise EdgeqError(f"image size {height}x{width} is not a multiple of {f}", f"use multiples of {f}")
-        self._check_static(height, width)
         sched = make_scheduler(sched_name, self.scheduler_config, self.p["prediction_type"])
         sched.set_timesteps(steps)
         cfg = guidance > 1.0
-        cond = self.encode_text([o.prompt])
-        if cfg:
+        self._check_static(height, width, 2 if cfg else 1)
+        if cfg:  # one text-encoder call for [negative, prompt], the UNet's classifier-free-guidance batch
+            cond = self.encode_text([o.negative_prompt, o.prompt])
             if self.family == "sdxl" and not o.negative_prompt and self.p.get("force_zeros_for_empty_prompt"):
-                uncond = {k: np.zeros_like(v) for k, v in cond.items()}
-            else:
-                uncond = self.encode_text([o.negative_prompt])
-            cond = {k: np.concatenate([uncond[k], cond[k]]) for k in cond}
+                for v in cond.values():
+                    v[0] = 0.0
+        else:
+            cond = self.encode_text([o.prompt])
         if self.family == "sdxl":
             ids = np.array([[height, width, 0, 0, height, width]], np.float32)
             cond["time_ids"] = np.repeat(ids, 2 if cfg else 1, axis=0)
@@ -139,15 +139,23 @@ class Pipeline:
         img = np.clip(img / 2 + 0.5, 0.0, 1.0).transpose(1, 2, 0)
         return (img * 255).round().astype(np.uint8)
 
-    def _check_static(self, height: int, width: int) -> None:
+    def _check_static(self, height: int, width: int, batch: int) -> None:
+        """Refuse, before running, what a static-shape build cannot take."""
         shapes = self.manifest.get("shapes", {})
-        if shapes.get("static"):
-            want = tuple(self.p["resolution"])
-            if (height, width) != want:
-                raise EdgeqError(
-                    f"this build has static shapes for {want[0]}x{want[1]} images, asked for {height}x{width}",
-                    "use the build's size, or export without --static",
-                )
+        if not shapes.get("static"):
+            return
+        want = tuple(self.p["resolution"])
+        if (height, width) != want:
+            raise EdgeqError(
+                f"this build has static shapes for {want[0]}x{want[1]} images, asked for {height}x{width}",
+                "use the build's size, or export without --static",
+            )
+        if batch != shapes["axes"]["batch"]:
+            raise EdgeqError(
+                f"this build's UNet has a static batch of {shapes['axes']['batch']}, this run needs {batch} "
+                "(2 with classifier-free guidance, 1 with --guidance 1)",
+                "change --guidance, or export with a matching --batch",
+            )
 
 
 def save_png(img: np.ndarray, path: Path) -> None:
