@@ -146,3 +146,18 @@ def test_manifest_records_versions_and_hashes(tiny_exports):
     assert m["pipeline"]["prediction_type"] == "v_prediction"
     assert {"onnx", "onnxruntime", "torch", "diffusers"} <= set(m["versions"])
     assert all(len(a["sha256"]) == 64 for a in m["artifacts"].values())
+
+
+def test_failed_validation_is_a_clear_error(tiny_models, tmp_path, monkeypatch):
+    """A graph that disagrees with torch stops the export: one message, nothing left behind."""
+    import dataclasses
+
+    from edgeq.errors import EdgeqError
+
+    real = export_mod._validate
+    monkeypatch.setattr(
+        export_mod, "_validate", lambda *a, **k: [dataclasses.replace(v, max_rel=0.5) for v in real(*a, **k)]
+    )
+    with pytest.raises(EdgeqError, match="disagrees with torch"):
+        export(resolve(str(tiny_models["sd15"])), tmp_path / "o", log=lambda *_: None)
+    assert list(tmp_path.iterdir()) == []

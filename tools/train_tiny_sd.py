@@ -240,6 +240,30 @@ def write_prompt_sets(train_scenes, heldout_scenes, seed: int) -> None:
     (d / "heldout.txt").write_text("\n".join(held) + "\n")
 
 
+def heldout_prompts() -> list[str]:
+    return [p for p in (ROOT / "calibration_data" / "tiny-sd" / "heldout.txt").read_text().split("\n") if p]
+
+
+def evaluate_saved(args) -> None:
+    """Held-out adherence of a saved model (DDIM, the preset's steps and guidance) into its summary."""
+    torch.set_num_threads(args.threads)
+    res = evaluate(
+        args.out, heldout_prompts(), 1234, ROOT / "docs" / "tiny-sd-fp32-heldout.png", args.eval_steps, args.guidance
+    )
+    summary_path = args.out / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary["adherence_fp32"] = res.to_dict()
+    summary["eval"] = {
+        "scheduler": "ddim",
+        "steps": args.eval_steps,
+        "guidance": args.guidance,
+        "seed": 1234,
+        "prompts": "calibration_data/tiny-sd/heldout.txt",
+    }
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"FP32 adherence on {res.n} held-out prompts: {res.to_dict()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "edgeq" / "models" / "tiny_sd" / "weights")
@@ -251,7 +275,15 @@ def main() -> None:
     ap.add_argument("--eval-steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="re-score the model in --out on the held-out prompts and redraw the grid; no training",
+    )
     args = ap.parse_args()
+    if args.eval_only:
+        evaluate_saved(args)
+        return
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -321,9 +353,9 @@ def main() -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(stage, safe_serialization=True)
-    heldout = (ROOT / "calibration_data" / "tiny-sd" / "heldout.txt").read_text().split("\n")
-    heldout = [p for p in heldout if p]
-    res = evaluate(stage, heldout, 1234, ROOT / "docs" / "tiny-sd-fp32-heldout.png", args.eval_steps, args.guidance)
+    res = evaluate(
+        stage, heldout_prompts(), 1234, ROOT / "docs" / "tiny-sd-fp32-heldout.png", args.eval_steps, args.guidance
+    )
     log(
         f"FP32 adherence on {res.n} held-out prompts (DDIM {args.eval_steps} steps, guidance {args.guidance}): {res.to_dict()}"
     )

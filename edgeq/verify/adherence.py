@@ -76,7 +76,7 @@ def parse_prompt(prompt: str) -> Scene | None:
     return Scene(**d)
 
 
-def render(scene: Scene, size: int = 64, rng: np.random.Generator | None = None) -> np.ndarray:
+def render(scene: Scene, size: int = 32, rng: np.random.Generator | None = None) -> np.ndarray:
     """Draw a scene as HxWx3 uint8, anti-aliased by 4x supersampling.
 
     With ``rng`` the position, size and colours jitter slightly (training data); without, the
