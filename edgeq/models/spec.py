@@ -7,7 +7,7 @@ output names follow optimum's ONNX Stable Diffusion export so exported folders s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from edgeq.errors import EdgeqError
@@ -35,10 +35,6 @@ class TensorSpec:
 
 def _config_value(configs: dict[str, dict[str, Any]], comp: str, key: str) -> int:
     cfg = configs.get(comp, {})
-    if key == "latent_hw_factor":
-        return 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
-    if key == "text_dim_sum":
-        return sum(int(c["hidden_size"]) for k, c in configs.items() if k.startswith("text_encoder"))
     if key == "pooled_dim":
         return int(configs["text_encoder_2"].get("projection_dim") or configs["text_encoder_2"]["hidden_size"])
     if key == "time_ids_dim":
@@ -81,15 +77,10 @@ class ModelSpec:
     vae_scale_factor: int = 8
     max_length: int = 77
     embedded: str | None = None  # package-relative folder with bundled weights
-    calibration_data: str = "sd15"
-    extra: dict[str, Any] = field(default_factory=dict)
+    calibration_data: str = "sd15"  # folder in calibration_data/
 
     def component(self, name: str) -> ComponentSpec:
         for c in self.components:
             if c.name == name:
                 return c
         raise KeyError(name)
-
-    @property
-    def text_encoders(self) -> tuple[ComponentSpec, ...]:
-        return tuple(c for c in self.components if c.name.startswith("text_encoder"))

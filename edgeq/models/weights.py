@@ -39,9 +39,6 @@ class WeightSource:
     def describe(self) -> str:
         return f"{self.kind}: {self.path}"
 
-    def configs(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-        return read_configs(self.path if self.kind != "single_file" else self.config_dir)  # type: ignore[arg-type]
-
     def fingerprint(self) -> str:
         """Identifies the weights: config contents, and each weight file's name, size and mtime."""
         h = hashlib.sha256()

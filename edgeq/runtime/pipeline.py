@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ class GenerateOptions:
     height: int | None = None
     width: int | None = None
     latents: np.ndarray | None = None  # initial noise; default: drawn from ``seed``
-    unet_hook: Callable[[int, float, dict[str, np.ndarray]], None] | None = field(default=None, repr=False)
 
 
 class Pipeline:
@@ -122,8 +121,6 @@ class Pipeline:
         for i, t in enumerate(sched.timesteps):
             x = sched.scale_model_input(latents, i)
             feeds = {"sample": np.concatenate([x, x]) if cfg else x, "timestep": np.array(t, np.float32), **cond}
-            if o.unet_hook is not None:
-                o.unet_hook(i, float(t), feeds)
             eps = self.runners["unet"].run(feeds)["out_sample"]
             if cfg:
                 e_u, e_c = eps[:1], eps[1:]

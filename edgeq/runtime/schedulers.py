@@ -192,7 +192,6 @@ class DPMSolverPP2M(Scheduler):
         else:
             x0 = alpha_s0 * sample - sigma_s0 * model_output
         lower_final = i == n - 1  # final sigma is zero: the last step is first order
-        lower_second = i == n - 2 and n < 15
         self.outputs = (self.outputs + [x0])[-2:]
         alpha_t, sigma_t = self._alpha_sigma(self.sigmas[i + 1])
         with np.errstate(divide="ignore"):
@@ -202,7 +201,7 @@ class DPMSolverPP2M(Scheduler):
         if self.lower_order_nums < 1 or lower_final:
             out = (sigma_t / sigma_s0) * sample - alpha_t * (np.exp(-h) - 1.0) * x0
         else:
-            del lower_second  # order 2 is the highest: a lower-order second-to-last step is the same update
+            # diffusers' "lower order second-to-last step" is order 2 here too, since 2 is the highest order
             alpha_s1, sigma_s1 = self._alpha_sigma(self.sigmas[i - 1])
             lam_s1 = np.log(alpha_s1) - np.log(sigma_s1)
             m0, m1 = self.outputs[-1], self.outputs[-2]
