@@ -14,6 +14,7 @@ from edgeq import __version__
 from edgeq.errors import EdgeqError
 
 COMMANDS = {
+    "build": "Export, calibrate per timestep group, quantize, lower for a target, check accuracy, report.",
     "export": "Export a model to ONNX: a runnable FP32 build folder.",
     "run": "Generate an image from a build folder (no torch needed).",
     "models": "List the model presets and where their weights were found.",

@@ -374,10 +374,11 @@ def _torch_export(
                 dynamo=False,
             )
         extra_files = [p for p in scratch.iterdir() if p.name != "model.onnx"]
-        if not extra_files and raw.stat().st_size < PROTOBUF_LIMIT:
-            shutil.move(raw, path)
-            return
         model = onnx.load(str(raw), load_external_data=True)
+        _strip_wrapper_prefix(model.graph)
+        if not extra_files and raw.stat().st_size < PROTOBUF_LIMIT:
+            onnx.save_model(model, str(path))
+            return
         onnx.save_model(
             model,
             str(path),
@@ -388,6 +389,32 @@ def _torch_export(
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _strip_wrapper_prefix(graph) -> None:
+    """Names as in diffusers' module tree (``/conv_in/Conv``), without the export wrapper's ``/m``.
+
+    A name is shortened only where the shorter one is free, so names stay unique.
+    """
+
+    def mapping(names: list[str]) -> dict[str, str]:
+        taken = set(names)
+        out = {}
+        for n in names:
+            if n.startswith("/m/") and n[2:] not in taken:
+                out[n] = n[2:]
+                taken.add(n[2:])
+        return out
+
+    nodes = mapping([n.name for n in graph.node])
+    values = mapping([v for n in graph.node for v in (*n.input, *n.output)] + [i.name for i in graph.initializer])
+    for n in graph.node:
+        n.name = nodes.get(n.name, n.name)
+        n.input[:] = [values.get(i, i) for i in n.input]
+        n.output[:] = [values.get(o, o) for o in n.output]
+    for coll in (graph.initializer, graph.value_info):
+        for v in coll:
+            v.name = values.get(v.name, v.name)
 
 
 def _validate(

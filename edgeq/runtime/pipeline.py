@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,16 @@ import numpy as np
 from edgeq.errors import EdgeqError
 from edgeq.manifest import check_artifacts, read_manifest
 from edgeq.runtime.schedulers import SCHEDULERS, make_scheduler
-from edgeq.runtime.sessions import OrtRunner, Runner
+from edgeq.runtime.sessions import GroupedRunner, OrtRunner, Runner
 from edgeq.runtime.tokenizer import OnnxClipTokenizer
 
 RunnerFactory = Callable[[Path, dict[str, Any]], Runner]
 
 
 def default_runner(build: Path, info: dict[str, Any]) -> Runner:
+    """ONNX Runtime: one graph, or one graph per timestep group (``info["graphs"]``)."""
+    if "graphs" in info:
+        return GroupedRunner([(build / g["path"], g) for g in info["graphs"]])
     return OrtRunner(build / info["path"])
 
 
@@ -38,6 +41,9 @@ class GenerateOptions:
     height: int | None = None
     width: int | None = None
     latents: np.ndarray | None = None  # initial noise; default: drawn from ``seed``
+    # called with (step index, timestep, UNet feeds) before every UNet call: trajectory capture
+    on_unet_input: Callable[[int, float, dict[str, np.ndarray]], None] | None = field(default=None, repr=False)
+    on_final_latents: Callable[[np.ndarray], None] | None = field(default=None, repr=False)
 
 
 class Pipeline:
@@ -121,18 +127,26 @@ class Pipeline:
         for i, t in enumerate(sched.timesteps):
             x = sched.scale_model_input(latents, i)
             feeds = {"sample": np.concatenate([x, x]) if cfg else x, "timestep": np.array(t, np.float32), **cond}
+            if o.on_unet_input is not None:
+                o.on_unet_input(i, float(t), feeds)
             eps = self.runners["unet"].run(feeds)["out_sample"]
             if cfg:
                 e_u, e_c = eps[:1], eps[1:]
                 eps = e_u + np.float32(guidance) * (e_c - e_u)
             latents = sched.step(eps, i, latents)
+        if o.on_final_latents is not None:
+            o.on_final_latents(latents)
         return self.decode(latents)
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
+    def vae_input(self, latents: np.ndarray) -> np.ndarray:
+        """The VAE decoder's input for final latents (unscaled, shifted)."""
         z = latents / np.float32(self.p["scaling_factor"])
         if self.p.get("shift_factor"):
             z = z + np.float32(self.p["shift_factor"])
-        img = self.runners["vae_decoder"].run({"latent_sample": z.astype(np.float32)})["sample"][0]
+        return z.astype(np.float32)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        img = self.runners["vae_decoder"].run({"latent_sample": self.vae_input(latents)})["sample"][0]
         img = np.clip(img / 2 + 0.5, 0.0, 1.0).transpose(1, 2, 0)
         return (img * 255).round().astype(np.uint8)
 

@@ -35,3 +35,18 @@ class OrtRunner:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+class GroupedRunner:
+    """Per-group UNet graphs: each call runs the graph of the group whose timestep interval is nearest."""
+
+    def __init__(self, graphs: list[tuple[Path, dict]], threads: int | None = None):
+        from edgeq.calibrate.grouping import group_for
+
+        self._group_for = group_for
+        self.groups = [g for _, g in graphs]
+        self.runners = [OrtRunner(p, threads) for p, _ in graphs]
+        self.input_names = self.runners[0].input_names
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runners[self._group_for(self.groups, float(feeds["timestep"]))].run(feeds)

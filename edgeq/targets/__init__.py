@@ -31,7 +31,7 @@ TARGETS: dict[str, TargetInfo] = {
             "ort_cpu",
             "onnxruntime",
             "pip install onnxruntime",
-            False,
+            True,
         ),
         TargetInfo(
             "ort-mobile",
@@ -59,3 +59,19 @@ TARGETS: dict[str, TargetInfo] = {
         ),
     )
 }
+
+
+def get_target(name: str):
+    """The target's module (imported now), or a clear error when it is unknown or its runtime is missing."""
+    import importlib
+
+    from edgeq.errors import EdgeqError
+
+    info = TARGETS.get(name)
+    if info is None:
+        raise EdgeqError(f"unknown target '{name}'", f"targets: {', '.join(TARGETS)}")
+    if not info.implemented:
+        raise EdgeqError(f"the '{name}' target is not implemented yet", "see `edgeq targets`; ort-cpu works today")
+    if not info.runtime_installed():
+        raise EdgeqError(f"the '{name}' target needs {info.runtime}, which is not installed", info.install)
+    return importlib.import_module(f"edgeq.targets.{info.module}")

@@ -1,0 +1,417 @@
+"""edgeq build: export -> capture -> statistics -> groups and ranges -> Q/DQ -> target -> checks -> report.
+
+Each stage writes its result under the cache folder (``build/.cache/<model>-<weights hash>/`` by
+default) keyed by everything that decides it, so a rerun reuses what has not changed. The build
+folder itself is written under a temporary name and renamed when complete; a build that fails a
+gate is kept, marked failed in its manifest, and the command exits non-zero.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edgeq.calibrate.capture import Capture, CaptureSettings, capture, read_prompts
+from edgeq.calibrate.collect import Stats, collect
+from edgeq.calibrate.grouping import Group, by_profile, uniform
+from edgeq.calibrate.histogram import METHODS, select_range, select_shared_range
+from edgeq.errors import EdgeqError
+from edgeq.fsutil import ensure_writable_dir, staged_dir, write_json
+from edgeq.manifest import artifact_table, library_versions, read_manifest, write_manifest
+from edgeq.models.weights import WeightSource, resolve
+from edgeq.quantize.policy import Decision, decide, summary, tensors_to_calibrate
+from edgeq.quantize.profile import ComponentPolicy, Profile, load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP_MODES = ("shared", "per-group", "auto")
+GROUPINGS = ("uniform", "profile")
+HELDOUT_SEED = 100_000  # held-out images use seeds from here on; calibration uses --seed + index
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything `edgeq build` takes. None means: the target profile's or the preset's default."""
+
+    model: str
+    target: str = "ort-cpu"
+    out: Path | None = None
+    weights: Path | None = None
+    config_dir: Path | None = None
+    groups: int | None = None
+    group_mode: str | None = None
+    grouping: str | None = None
+    range_method: str | None = None
+    calib_prompts: Path | None = None
+    num_calib: int | None = None
+    heldout_prompts: Path | None = None
+    num_heldout: int | None = None
+    seed: int = 0
+    cache_dir: Path | None = None
+
+
+@dataclass
+class Context:
+    """The resolved inputs of a build and where its cached stages live."""
+
+    opts: BuildOptions
+    source: WeightSource
+    profile: Profile
+    cache: Path
+    export_dir: Path
+    export_manifest: dict[str, Any]
+    groups_n: int
+    group_mode: str
+    grouping: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def spec(self):
+        return self.source.spec
+
+    def prompts(self, which: str) -> list[str]:
+        given = self.opts.calib_prompts if which == "calibration" else self.opts.heldout_prompts
+        path = given or ROOT / "calibration_data" / self.spec.calibration_data / f"{'calibration' if which == 'calibration' else 'heldout'}.txt"
+        prompts = read_prompts(path)
+        n = self.opts.num_calib if which == "calibration" else self.opts.num_heldout
+        default = 32 if which == "calibration" else (64 if self.spec.calibration_data == "tiny-sd" else 8)
+        n = default if n is None else n
+        if n < 1:
+            raise EdgeqError(f"--num-{'calib' if which == 'calibration' else 'heldout'} must be at least 1, got {n}")
+        return prompts[:n]
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare(opts: BuildOptions, log=print) -> Context:
+    """Resolve weights and profile, validate options, export (or reuse) the FP32 build."""
+    from edgeq.frontend.export import ExportSettings, export
+
+    profile = load_profile(opts.target)
+    groups_n = opts.groups if opts.groups is not None else profile.calibration.groups
+    mode = opts.group_mode or profile.calibration.group_mode
+    grouping = opts.grouping or profile.calibration.grouping
+    if groups_n < 1:
+        raise EdgeqError(f"--groups must be at least 1, got {groups_n}")
+    if mode not in GROUP_MODES:
+        raise EdgeqError(f"--group-mode {mode!r} is not one of {', '.join(GROUP_MODES)}")
+    if grouping not in GROUPINGS:
+        raise EdgeqError(f"--grouping {grouping!r} is not one of {', '.join(GROUPINGS)}")
+    if opts.range_method and opts.range_method not in METHODS:
+        raise EdgeqError(f"--range-method {opts.range_method!r} is not one of {', '.join(METHODS)}")
+    source = resolve(opts.model, opts.weights, opts.config_dir)
+    if opts.out is not None:
+        ensure_writable_dir(opts.out)
+    cache = opts.cache_dir or Path("build") / ".cache" / f"{source.spec.name.strip('./').replace('/', '_')}-{source.fingerprint()[:12]}"
+    ensure_writable_dir(cache)
+    t0 = time.time()
+    res = export(source, cache / "fp32", ExportSettings(), log=log)
+    ctx = Context(opts, source, profile, cache, res.folder, read_manifest(res.folder), groups_n, mode, grouping)
+    ctx.timings["export_s"] = round(time.time() - t0, 1)
+    return ctx
+
+
+def capture_set(ctx: Context, which: str) -> Capture:
+    p = ctx.export_manifest["pipeline"]
+    prompts = ctx.prompts(which)
+    seed = ctx.opts.seed if which == "calibration" else HELDOUT_SEED
+    settings = CaptureSettings(tuple(prompts), seed, p["steps"], p["guidance"], p["scheduler"])
+    t0 = time.time()
+    cap = capture(ctx.export_dir, ctx.cache / f"capture-{which}-{_key(asdict(settings))}", settings, desc=f"capture {which}")
+    ctx.timings[f"capture_{which}_s"] = round(time.time() - t0, 1)
+    return cap
+
+
+@dataclass
+class ComponentCalibration:
+    name: str
+    policy: ComponentPolicy
+    decisions: list[Decision]
+    tensors: list[str]
+    stats: Stats
+
+
+def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentCalibration]:
+    """Streaming statistics for every component the profile quantizes (UNet per step, VAE once)."""
+    import onnx
+
+    out = {}
+    for name in ("unet", "vae_decoder", "text_encoder"):
+        policy = ctx.profile.policy(name)
+        if name not in ctx.export_manifest["components"]:
+            continue
+        path = ctx.export_dir / ctx.export_manifest["components"][name]["path"]
+        graph = onnx.load(str(path), load_external_data=False).graph
+        decisions = decide(graph, policy)
+        if policy.mode != "int8":
+            out[name] = ComponentCalibration(name, policy, decisions, [], Stats([], []))
+            continue
+        if name == "text_encoder":
+            raise EdgeqError("quantizing the text encoder is not supported yet", "set [text_encoder] mode = \"float\"")
+        tensors = tensors_to_calibrate(graph, decisions)
+        key = _key(str(cap.folder), tensors, ctx.export_manifest["cache_key"])
+        stats_path = ctx.cache / f"stats-{name}-{key}.npz"
+        t0 = time.time()
+        if stats_path.is_file():
+            stats = Stats.load(stats_path)
+            log(f"reusing statistics {stats_path.name}")
+        elif name == "unet":
+            samples = ((s.step, s.feeds) for s in cap.unet_samples())
+            stats = collect(path, tensors, samples, list(cap.timesteps), len(cap), desc="statistics unet")
+            stats.save(stats_path)
+        else:
+            samples = ((0, {"latent_sample": z}) for z in cap.vae_inputs())
+            stats = collect(path, tensors, samples, [0.0], len(cap.settings.prompts), desc=f"statistics {name}")
+            stats.save(stats_path)
+        ctx.timings[f"statistics_{name}_s"] = round(time.time() - t0, 1)
+        out[name] = ComponentCalibration(name, policy, decisions, tensors, stats)
+    return out
+
+
+def make_groups(ctx: Context, stats: Stats) -> list[Group]:
+    n = min(ctx.groups_n, len(stats.timesteps))
+    if ctx.grouping == "uniform" or n == 1:
+        return uniform(stats.timesteps, n)
+    return by_profile(stats.timesteps, stats.absmax_profile(), n)
+
+
+def choose_ranges(cal: ComponentCalibration, groups: list[Group], method: str) -> tuple[list[dict], dict]:
+    """Per-group ranges and the one shared range of every tensor."""
+    sym = cal.policy.activation_symmetric
+    per_group: list[dict[str, tuple[float, float]]] = [{} for _ in groups]
+    shared: dict[str, tuple[float, float]] = {}
+    for t in cal.tensors:
+        hists = [cal.stats.group(t, g.steps) for g in groups]
+        for g, h in enumerate(hists):
+            per_group[g][t] = tuple(float(v) for v in select_range(h, method, sym))
+        shared[t] = tuple(float(v) for v in select_shared_range(hists, [len(g.steps) for g in groups], method, sym))
+    return per_group, shared
+
+
+@dataclass
+class UnetVariants:
+    """The UNet quantized both ways, so the report can show what grouping gains."""
+
+    groups: list[Group]
+    shared_dir: Path
+    per_group_dir: Path | None
+    plan: dict[str, Any]
+    metrics: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVariants:
+    import onnx
+
+    from edgeq.quantize.insert import (
+        qparams,
+        quantize_graph,
+        read_activation_qparams,
+        save_group_graphs,
+        weight_summary,
+    )
+
+    method = ctx.opts.range_method or cal.policy.range_method
+    groups = make_groups(ctx, cal.stats)
+    per_group, shared = choose_ranges(cal, groups, method)
+    fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    key = _key(ctx.export_manifest["cache_key"], asdict(cal.policy), method, [g.to_dict() for g in groups], shared, per_group)
+    root = ctx.cache / f"quant-unet-{key}"
+    t0 = time.time()
+    if not (root / "done").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        base = quantize_graph(fp32, cal.decisions, cal.policy, shared)
+        (root / "shared").mkdir(parents=True)
+        onnx.save_model(copy.deepcopy(base), str(root / "shared" / "model.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=1024)
+        if len(groups) > 1:
+            params = [{t: qparams(*r[t], cal.policy) for t in cal.tensors} for r in per_group]
+            save_group_graphs(base, params, root / "per-group")
+        (root / "done").write_text("ok\n")
+    ctx.timings["quantize_unet_s"] = round(time.time() - t0, 1)
+    shared_model = onnx.load(str(root / "shared" / "model.onnx"), load_external_data=True)
+    shared_q = read_activation_qparams(shared_model, cal.tensors)
+    plan = {
+        "component": "unet", "range_method": method, "policy": asdict(cal.policy),
+        "groups": [g.to_dict() for g in groups],
+        "activations": {
+            t: {
+                "shared": {"rmin": shared[t][0], "rmax": shared[t][1], "scale": shared_q.get(t, (None, None))[0],
+                           "zero_point": shared_q.get(t, (None, None))[1]},
+                "per_group": [asdict(qparams(*per_group[g][t], cal.policy)) for g in range(len(groups))],
+            }
+            for t in cal.tensors
+        },
+        "weights": weight_summary(shared_model),
+        "quantized_nodes": [d.node for d in cal.decisions if d.quantized],
+        "excluded_nodes": [{"node": d.node, "op_type": d.op_type, "reason": d.reason} for d in cal.decisions if not d.quantized],
+    }
+    per_dir = root / "per-group" if len(groups) > 1 else None
+    return UnetVariants(groups, root / "shared", per_dir, plan)
+
+
+def quantize_single(ctx: Context, cal: ComponentCalibration) -> tuple[Path, dict]:
+    """A component calibrated as one group (the VAE decoder)."""
+    import onnx
+
+    from edgeq.quantize.insert import quantize_graph, read_activation_qparams, weight_summary
+
+    method = ctx.opts.range_method or cal.policy.range_method
+    ranges = {t: tuple(float(v) for v in select_range(cal.stats.group(t, [0]), method, cal.policy.activation_symmetric))
+              for t in cal.tensors}
+    fp32 = ctx.export_dir / ctx.export_manifest["components"][cal.name]["path"]
+    root = ctx.cache / f"quant-{cal.name}-{_key(ctx.export_manifest['cache_key'], asdict(cal.policy), method, ranges)}"
+    if not (root / "done").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        onnx.save_model(quantize_graph(fp32, cal.decisions, cal.policy, ranges), str(root / "model.onnx"),
+                        save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx_data",
+                        size_threshold=1024)
+        (root / "done").write_text("ok\n")
+    model = onnx.load(str(root / "model.onnx"), load_external_data=True)
+    q = read_activation_qparams(model, cal.tensors)
+    plan = {
+        "component": cal.name, "range_method": method, "policy": asdict(cal.policy),
+        "activations": {t: {"rmin": r[0], "rmax": r[1], "scale": q.get(t, (None, None))[0],
+                            "zero_point": q.get(t, (None, None))[1]} for t, r in ranges.items()},
+        "weights": weight_summary(model),
+        "quantized_nodes": [d.node for d in cal.decisions if d.quantized],
+        "excluded_nodes": [{"node": d.node, "op_type": d.op_type, "reason": d.reason} for d in cal.decisions if not d.quantized],
+    }
+    return root, plan
+
+
+def _copy_graph(src_dir: Path, files: list[str], dst_dir: Path) -> list[Path]:
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in files:
+        if (src_dir / f).is_file():
+            shutil.copy2(src_dir / f, dst_dir / f)
+            out.append(dst_dir / f)
+    return out
+
+
+def build(opts: BuildOptions, log=print):
+    """Run every stage; returns the report (see :mod:`edgeq.verify.report`)."""
+    from edgeq.runtime.sessions import GroupedRunner, OrtRunner
+    from edgeq.targets import get_target
+    from edgeq.verify import report as report_mod
+    from edgeq.verify.checks import Gate, unet_groups, vae_psnr
+
+    t_start = time.time()
+    target = get_target(opts.target)
+    ctx = prepare(opts, log)
+    out = opts.out or Path("build") / f"{ctx.spec.name.strip('./').replace('/', '_')}-{ctx.profile.name}"
+    cal_cap = capture_set(ctx, "calibration")
+    held_cap = capture_set(ctx, "heldout")
+    cals = calibrate(ctx, cal_cap, log)
+    unet = quantize_unet(ctx, cals["unet"], log) if cals["unet"].policy.mode == "int8" else None
+    vae_dir, vae_plan = quantize_single(ctx, cals["vae_decoder"]) if cals.get("vae_decoder") and cals["vae_decoder"].policy.mode == "int8" else (None, None)
+
+    fp32_unet = OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"])
+    gates: list[Gate] = []
+    g = ctx.profile.gates
+    unet_info: dict[str, Any] = {}
+    if unet is not None:
+        groups = [x.to_dict() for x in unet.groups]
+        t0 = time.time()
+        check_cap = held_cap
+        unet.metrics["shared"] = unet_groups(fp32_unet, OrtRunner(unet.shared_dir / "model.onnx"), check_cap, groups, "check unet (shared)")
+        if unet.per_group_dir is not None:
+            runner = GroupedRunner([(unet.per_group_dir / f"model.g{i}.onnx", gr) for i, gr in enumerate(groups)])
+            unet.metrics["per-group"] = unet_groups(fp32_unet, runner, check_cap, groups, "check unet (per-group)")
+        ctx.timings["check_unet_s"] = round(time.time() - t0, 1)
+        chosen = _choose_mode(ctx, unet)
+        unet_info = {"mode": chosen, "groups": groups}
+    else:
+        chosen = "float"
+
+    with staged_dir(out) as stage:
+        files, components = target.package(ctx, stage, unet, chosen, vae_dir)
+        plan = {"target": ctx.profile.name, "model": ctx.spec.name, "unet": unet.plan if unet else None,
+                "vae_decoder": vae_plan, "group_mode": chosen}
+        write_json(stage / "quant_plan.json", plan)
+        if unet is not None:
+            (stage / "quant_summary.txt").write_text(summary(cals["unet"].decisions))
+        manifest = _manifest(ctx, stage, files, components, unet_info, chosen, status="unchecked")
+        write_manifest(stage, manifest)
+        from edgeq.runtime.pipeline import Pipeline
+
+        qpipe = Pipeline(stage, runners=target.runners())
+        fpipe = Pipeline(ctx.export_dir)
+        unet_rows = unet.metrics.get(chosen if chosen != "float" else "shared", []) if unet else []
+        for row in unet_rows:
+            gates.append(Gate("unet", "sqnr_db", row["index"], row["sqnr_db"], g.unet_sqnr_db))
+            gates.append(Gate("unet", "cosine", row["index"], row["cosine"], g.unet_cosine))
+        if vae_dir is not None:
+            v = vae_psnr(OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["vae_decoder"]["path"]),
+                         qpipe.runners["vae_decoder"], held_cap)
+            gates.append(Gate("vae_decoder", "psnr_db", None, v, g.vae_psnr_db))
+        t0 = time.time()
+        e2e, grid = report_mod.end_to_end(fpipe, qpipe, list(held_cap.settings.prompts), HELDOUT_SEED,
+                                          tiny_sd=ctx.spec.calibration_data == "tiny-sd")
+        ctx.timings["check_e2e_s"] = round(time.time() - t0, 1)
+        gates.append(Gate("pipeline", "psnr_db", None, e2e["psnr_db"], g.e2e_psnr_db))
+        gates.append(Gate("pipeline", "ssim", None, e2e["ssim"], g.e2e_ssim))
+        if "adherence" in e2e:
+            for attr in ("colour", "shape"):
+                drop = e2e["adherence_fp32"][attr] - e2e["adherence"][attr]
+                gates.append(Gate("pipeline", f"adherence_{attr}_drop", None, drop, g.adherence_drop, higher_is_better=False))
+        passed = all(gates)
+        ctx.timings["total_s"] = round(time.time() - t_start, 1)
+        rep = report_mod.Report(
+            passed=passed, target=ctx.profile.name, model=ctx.spec.name, gates=[x.to_dict() for x in gates],
+            unet_groups=unet_rows, e2e=e2e, group_mode=chosen,
+            variants={k: v for k, v in (unet.metrics.items() if unet else [])}, timings=dict(ctx.timings),
+            quantized=_quant_counts(cals), settings=_settings(ctx),
+        )
+        report_mod.write(stage, rep, grid)
+        manifest = _manifest(ctx, stage, files, components, unet_info, chosen, status="passed" if passed else "failed")
+        manifest["gates"] = [x.to_dict() for x in gates]
+        write_manifest(stage, manifest)
+    return rep, out
+
+
+def _choose_mode(ctx: Context, unet: UnetVariants) -> str:
+    if unet.per_group_dir is None:
+        return "shared"
+    if ctx.group_mode != "auto":
+        return ctx.group_mode
+    worst = {k: min(r["sqnr_db"] for r in rows) for k, rows in unet.metrics.items()}
+    gain = worst["per-group"] - worst["shared"]
+    return "per-group" if gain >= ctx.profile.calibration.auto_min_gain_db else "shared"
+
+
+def _quant_counts(cals: dict[str, ComponentCalibration]) -> dict[str, dict[str, int]]:
+    return {k: {"quantized": sum(d.quantized for d in c.decisions), "float": sum(not d.quantized for d in c.decisions),
+                "activation_tensors": len(c.tensors)} for k, c in cals.items()}
+
+
+def _settings(ctx: Context) -> dict[str, Any]:
+    return {"groups": ctx.groups_n, "group_mode": ctx.group_mode, "grouping": ctx.grouping,
+            "range_method": ctx.opts.range_method, "num_calib": len(ctx.prompts("calibration")),
+            "num_heldout": len(ctx.prompts("heldout")), "seed": ctx.opts.seed, "profile": str(ctx.profile.path.name)}
+
+
+def _manifest(ctx: Context, stage: Path, files: list[Path], comps: dict, unet_info: dict, chosen: str,
+              status: str) -> dict[str, Any]:
+    base = ctx.export_manifest
+    rel = [str(f.relative_to(stage)) for f in files]
+    return {
+        "kind": "int8", "target": ctx.profile.name, "status": status, "model": base["model"], "pipeline": base["pipeline"],
+        "shapes": base["shapes"], "components": comps, "tokenizers": base["tokenizers"],
+        "scheduler_config": base["scheduler_config"], "versions": library_versions(),
+        "quantization": {"group_mode": chosen, **unet_info, "settings": _settings(ctx),
+                         "profile": ctx.profile.raw},
+        "source_export": {"cache_key": base["cache_key"]},
+        "artifacts": artifact_table(stage, rel),
+    }
+
+
+__all__ = ["BuildOptions", "build", "prepare", "calibrate", "capture_set", "quantize_unet", "replace"]

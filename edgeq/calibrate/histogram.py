@@ -1,0 +1,205 @@
+"""Streaming activation histograms and range selection.
+
+Each histogram covers [-R, R] with ``2 * BINS`` equal bins, where R is a power of two. When data
+outgrows R, R doubles and adjacent bins merge pairwise, which is exact: a histogram built in
+pieces equals the one built at once over the final range. Histograms of different steps can be
+merged the same way, so timestep groups are chosen after the data is seen, without a second pass.
+
+Memory: one histogram is ``2 * BINS`` int64 counts (64 KiB at BINS = 4096) per tensor per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BINS = 2048  # per side
+MIN_EXP = -24  # smallest range 2**-24: a constant (zero-range) tensor still gets a finite, non-zero scale
+
+
+@dataclass
+class Hist:
+    """Counts of a tensor's values over [-2**exp, 2**exp], plus exact min, max and sum of squares."""
+
+    counts: np.ndarray  # int64 [2 * BINS]
+    exp: int
+    lo: float
+    hi: float
+    n: int
+    sumsq: float
+
+    @classmethod
+    def empty(cls) -> Hist:
+        return cls(np.zeros(2 * BINS, np.int64), MIN_EXP, np.inf, -np.inf, 0, 0.0)
+
+    @property
+    def range(self) -> float:
+        return float(2.0**self.exp)
+
+    @property
+    def width(self) -> float:
+        return self.range / BINS
+
+    def centers(self) -> np.ndarray:
+        return (np.arange(2 * BINS, dtype=np.float64) + 0.5) * self.width - self.range
+
+    def grow_to(self, exp: int) -> None:
+        """Double the range (exp - self.exp) times, merging bin pairs each time."""
+        while self.exp < exp:
+            c = self.counts
+            merged = c.reshape(-1, 2).sum(axis=1)  # BINS bins of double width over [-R, R]
+            out = np.zeros_like(c)
+            out[BINS // 2 : BINS // 2 + BINS] = merged
+            self.counts = out
+            self.exp += 1
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x, np.float32).ravel()
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise FloatingPointError("non-finite values")
+        amax = max(abs(lo), abs(hi))
+        need = MIN_EXP if amax == 0 else max(MIN_EXP, int(np.ceil(np.log2(amax))) + (amax >= 2.0 ** np.ceil(np.log2(amax))))
+        self.grow_to(need)
+        idx = np.floor((x.astype(np.float64) + self.range) / self.width).astype(np.int64)
+        np.clip(idx, 0, 2 * BINS - 1, out=idx)
+        self.counts += np.bincount(idx, minlength=2 * BINS)
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        self.n += x.size
+        self.sumsq += float(np.dot(x.astype(np.float64), x.astype(np.float64)))
+
+    def merged(self, other: Hist) -> Hist:
+        a, b = self.copy(), other.copy()
+        e = max(a.exp, b.exp)
+        a.grow_to(e)
+        b.grow_to(e)
+        return Hist(a.counts + b.counts, e, min(a.lo, b.lo), max(a.hi, b.hi), a.n + b.n, a.sumsq + b.sumsq)
+
+    def copy(self) -> Hist:
+        return Hist(self.counts.copy(), self.exp, self.lo, self.hi, self.n, self.sumsq)
+
+    def folded(self) -> tuple[np.ndarray, float]:
+        """Histogram of |x| (BINS bins over [0, R]) and its bin width."""
+        return self.counts[BINS:] + self.counts[:BINS][::-1], self.width
+
+
+def merge_all(hists: list[Hist]) -> Hist:
+    out = Hist.empty()
+    for h in hists:
+        out = out.merged(h)
+    return out
+
+
+# -- range selection --------------------------------------------------------------------------
+METHODS = ("minmax", "percentile", "mse", "entropy")
+
+
+def _qparams(rmin: float, rmax: float, symmetric: bool, bits: int = 8) -> tuple[float, float, int, int]:
+    """(scale, zero_point, qmin, qmax) as ONNX Runtime computes them (zero always representable)."""
+    rmin, rmax = min(rmin, 0.0), max(rmax, 0.0)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        a = max(abs(rmin), abs(rmax))
+        return max(a / qmax, 1e-12), 0.0, -qmax, qmax
+    qmax = 2**bits - 1
+    scale = max((rmax - rmin) / qmax, 1e-12)
+    return scale, float(np.round(-rmin / scale)), 0, qmax
+
+
+def expected_mse(h: Hist, rmin: float, rmax: float, symmetric: bool) -> float:
+    """Mean squared quantization error of the histogram's values for the range [rmin, rmax]."""
+    scale, zp, qmin, qmax = _qparams(rmin, rmax, symmetric)
+    c = h.centers()
+    q = np.clip(np.round(c / scale) + zp, qmin, qmax)
+    err = (c - (q - zp) * scale) ** 2
+    return float((h.counts * err).sum() / max(h.n, 1))
+
+
+def select_range(h: Hist, method: str, symmetric: bool, percentile: float = 99.99) -> tuple[float, float]:
+    """The activation range [rmin, rmax] a method picks from a histogram."""
+    if h.n == 0:
+        raise ValueError("no data")
+    lo, hi = h.lo, h.hi
+    if symmetric:
+        a = max(abs(lo), abs(hi))
+        lo, hi = -a, a
+    if method == "minmax":
+        return lo, hi
+    if method == "percentile":
+        if symmetric:
+            folded, w = h.folded()
+            k = int(np.searchsorted(np.cumsum(folded), percentile / 100 * h.n))
+            a = min((k + 1) * w, hi)
+            return -a, a
+        cum = np.cumsum(h.counts)
+        tail = (100 - percentile) / 100 * h.n
+        i_lo = int(np.searchsorted(cum, tail))
+        i_hi = int(np.searchsorted(cum, h.n - tail))
+        edges = np.arange(2 * BINS + 1) * h.width - h.range
+        return max(lo, float(edges[i_lo])), min(hi, float(edges[min(i_hi + 1, 2 * BINS)]))
+    if method == "mse":
+        best, best_r = np.inf, (lo, hi)
+        for alpha in np.linspace(0.05, 1.0, 96):
+            r = (lo * alpha, hi * alpha)
+            e = expected_mse(h, r[0], r[1], symmetric)
+            if e < best - 1e-18:
+                best, best_r = e, r
+        return best_r
+    if method == "entropy":
+        t = _entropy_threshold(h)
+        return (-t, t) if symmetric else (max(lo, -t), min(hi, t))
+    raise ValueError(f"unknown range method {method!r}; choose from {METHODS}")
+
+
+def _entropy_threshold(h: Hist, levels: int = 128) -> float:
+    """TensorRT's KL-divergence calibration on the |x| histogram."""
+    folded, w = h.folded()
+    nz = np.nonzero(folded)[0]
+    if nz.size == 0:
+        return w
+    last = int(nz[-1]) + 1
+    if last <= levels:
+        return last * w
+    best_kl, best_i = np.inf, last
+    for i in range(levels, last + 1, max(1, (last - levels) // 256)):
+        p = folded[:i].astype(np.float64).copy()
+        p[-1] += folded[i:].sum()
+        chunks = np.array_split(np.arange(i), levels)
+        q = np.zeros(i)
+        for ch in chunks:
+            src = folded[ch].astype(np.float64)
+            nonzero = src > 0
+            if nonzero.any():
+                q[ch[nonzero]] = src.sum() / nonzero.sum()
+        pm, qm = p > 0, q > 0
+        if not (pm & ~qm).any():
+            ps, qs = p[pm] / p.sum(), q[pm] / q.sum()
+            kl = float((ps * np.log(ps / qs)).sum())
+            if kl < best_kl:
+                best_kl, best_i = kl, i
+    return best_i * w
+
+
+def select_shared_range(group_hists: list[Hist], weights: list[float], method: str, symmetric: bool) -> tuple[float, float]:
+    """One range for all groups, minimising the step-weighted relative quantization error.
+
+    Objective: sum_g w_g * MSE_g(range) / power_g, the expected noise-to-signal ratio, so groups
+    with small activations are not drowned by groups with large ones. Candidates: each group's own
+    choice by ``method`` and the merged histogram's range scaled by 0.05..1.
+    """
+    merged = merge_all(group_hists)
+    cands = [select_range(h, method, symmetric) for h in group_hists if h.n]
+    lo, hi = merged.lo, merged.hi
+    if symmetric:
+        a = max(abs(lo), abs(hi))
+        lo, hi = -a, a
+    cands += [(lo * a, hi * a) for a in np.linspace(0.05, 1.0, 48)]
+    powers = [max(h.sumsq / max(h.n, 1), 1e-30) for h in group_hists]
+
+    def objective(r: tuple[float, float]) -> float:
+        return sum(w * expected_mse(h, r[0], r[1], symmetric) / p for h, w, p in zip(group_hists, weights, powers) if h.n)
+
+    return min(cands, key=objective)

@@ -1,0 +1,136 @@
+"""Q/DQ insertion with ONNX Runtime's own quantizer, fed with ranges edgeq computed.
+
+ORT's ``QDQQuantizer`` places the Q/DQ nodes (the same code ``quantize_static`` runs after its
+calibrator); edgeq hands it the ranges from its streaming, timestep-grouped statistics and the node
+list from the profile's policy, so ORT's memory-hungry calibrator never runs.
+
+Per-group graphs differ only in activation scales and zero points: group 0 is quantized once and
+saved with its weights in one external data file; every other group's graph is the same proto with
+its ``<tensor>_scale`` / ``<tensor>_zero_point`` initializers recomputed by ORT's ``compute_scale_zp``
+and pointing at the same weights file, so the weights are stored once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgeq.quantize.policy import Decision
+from edgeq.quantize.profile import ComponentPolicy
+
+WEIGHTS_FILE = "model.onnx_data"
+_QTYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
+
+
+@dataclass(frozen=True)
+class QParams:
+    rmin: float
+    rmax: float
+    scale: float
+    zero_point: int
+
+
+def _qtype(name: str):
+    from onnxruntime.quantization.quant_utils import QuantType
+
+    return getattr(QuantType, _QTYPES[name])
+
+
+def qparams(rmin: float, rmax: float, policy: ComponentPolicy) -> QParams:
+    """Scale and zero point exactly as ORT computes them for an activation range."""
+    from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+
+    qt = _qtype(policy.activation_type)
+    qmin, qmax = get_qmin_qmax_for_qType(qt.tensor_type, symmetric=policy.activation_symmetric)
+    lo, hi = np.array(rmin, np.float32), np.array(rmax, np.float32)
+    if policy.activation_symmetric:
+        a = np.maximum(np.abs(lo), np.abs(hi))
+        lo, hi = -a, a
+    zp, scale = compute_scale_zp(lo, hi, qmin, qmax, symmetric=policy.activation_symmetric)
+    return QParams(float(lo), float(hi), float(scale), int(zp))
+
+
+def quantize_graph(fp32_path: Path, decisions: list[Decision], policy: ComponentPolicy,
+                   ranges: dict[str, tuple[float, float]]) -> onnx.ModelProto:
+    """The Q/DQ model for one set of activation ranges."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    model = load_model_with_shape_infer(fp32_path)
+    data = {t: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32)) for t, (lo, hi) in ranges.items()}
+    extra = {
+        "ActivationSymmetric": policy.activation_symmetric,
+        "WeightSymmetric": policy.weight_symmetric,
+        "QuantizeBias": policy.quantize_bias,
+        "AddQDQPairToWeight": False,
+        "DedicatedQDQPair": False,
+    }
+    q = QDQQuantizer(model, policy.per_channel, False, _qtype(policy.weight_type), _qtype(policy.activation_type),
+                     TensorsData(CalibrationMethod.MinMax, data), [d.node for d in decisions if d.quantized],
+                     [d.node for d in decisions if not d.quantized], list(policy.op_types), extra)
+    q.quantize_model()
+    out = q.model.model
+    out.producer_name = "edgeq"
+    return out
+
+
+def set_activation_qparams(model: onnx.ModelProto, params: dict[str, QParams]) -> None:
+    """Rewrite the scale / zero point initializers of each activation tensor in place."""
+    inits = {i.name: i for i in model.graph.initializer}
+    for t, p in params.items():
+        s, z = inits.get(f"{t}_scale"), inits.get(f"{t}_zero_point")
+        if s is None or z is None:
+            continue  # ORT did not quantize this tensor (for example an output nobody reads as int8)
+        zdtype = numpy_helper.to_array(z).dtype
+        s.CopyFrom(numpy_helper.from_array(np.array(p.scale, np.float32), s.name))
+        z.CopyFrom(numpy_helper.from_array(np.array(p.zero_point, zdtype), z.name))
+
+
+def read_activation_qparams(model: onnx.ModelProto, tensors: list[str]) -> dict[str, tuple[float, int]]:
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {}
+    for t in tensors:
+        if f"{t}_scale" in inits:
+            out[t] = (float(numpy_helper.to_array(inits[f"{t}_scale"])), int(numpy_helper.to_array(inits[f"{t}_zero_point"])))
+    return out
+
+
+def weight_summary(model: onnx.ModelProto) -> list[dict]:
+    """Per quantized weight: its node, shape, axis and scale range (for the quant plan)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "DequantizeLinear" or n.input[0] not in inits:
+            continue
+        w = inits[n.input[0]]
+        if w.data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
+                               onnx.TensorProto.UINT16, onnx.TensorProto.INT32):
+            continue
+        scale = numpy_helper.to_array(inits[n.input[1]]) if n.input[1] in inits else np.array([np.nan])
+        axis = next((a.i for a in n.attribute if a.name == "axis"), None)
+        out.append({"tensor": n.input[0], "dtype": onnx.helper.tensor_dtype_to_np_dtype(w.data_type).name,
+                    "shape": list(w.dims), "axis": axis if scale.size > 1 else None, "channels": int(scale.size),
+                    "scale_min": float(scale.min()), "scale_max": float(scale.max())})
+    return out
+
+
+def save_group_graphs(base: onnx.ModelProto, per_group: list[dict[str, QParams]], folder: Path, stem: str = "model") -> list[str]:
+    """Group graphs sharing one weights file: ``model.g0.onnx`` ... and ``model.onnx_data``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    set_activation_qparams(base, per_group[0])
+    first = folder / f"{stem}.g0.onnx"
+    onnx.save_model(base, str(first), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=WEIGHTS_FILE, size_threshold=1024)
+    names.append(first.name)
+    shell = onnx.load(str(first), load_external_data=False)  # large tensors now reference the shared file
+    for g, params in enumerate(per_group[1:], start=1):
+        set_activation_qparams(shell, params)
+        onnx.save_model(shell, str(folder / f"{stem}.g{g}.onnx"))
+        names.append(f"{stem}.g{g}.onnx")
+    return names

@@ -1,0 +1,111 @@
+"""Target profiles: the declarative TOML files in the top-level ``targets/`` folder, as typed config."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import EdgeqError
+
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "targets"
+TYPES = ("uint8", "int8", "uint16", "int16")
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    pattern: str  # regular expression on the ONNX node name
+    reason: str
+
+
+@dataclass(frozen=True)
+class ComponentPolicy:
+    """How one component is quantized: which ops, which types, which nodes stay float and why."""
+
+    mode: str  # int8 | float
+    reason: str = ""
+    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    activation_type: str = "uint8"
+    activation_symmetric: bool = False
+    weight_type: str = "int8"
+    weight_symmetric: bool = True
+    per_channel: bool = True
+    quantize_bias: bool = True
+    range_method: str = "mse"
+    activation_matmul: str = "float"
+    exclude: tuple[Exclusion, ...] = ()
+
+    def excluded_by(self, node_name: str) -> Exclusion | None:
+        return next((e for e in self.exclude if re.search(e.pattern, node_name)), None)
+
+
+@dataclass(frozen=True)
+class Gates:
+    unet_sqnr_db: float = 20.0
+    unet_cosine: float = 0.99
+    vae_psnr_db: float = 30.0
+    e2e_psnr_db: float = 20.0
+    e2e_ssim: float = 0.8
+    adherence_drop: float = 5.0
+
+
+@dataclass(frozen=True)
+class CalibrationDefaults:
+    groups: int = 4
+    group_mode: str = "auto"
+    grouping: str = "profile"
+    auto_min_gain_db: float = 0.5
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    runtime: str
+    components: dict[str, ComponentPolicy]
+    gates: Gates
+    calibration: CalibrationDefaults
+    path: Path = field(default=Path())
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def policy(self, component: str) -> ComponentPolicy:
+        return self.components.get(component, ComponentPolicy(mode="float", reason="not named in the profile"))
+
+
+def _component(name: str, d: dict[str, Any], path: Path) -> ComponentPolicy:
+    d = dict(d)
+    excl = tuple(Exclusion(e["pattern"], e["reason"]) for e in d.pop("exclude", []))
+    for e in excl:
+        if not e.reason.strip():
+            raise EdgeqError(f"{path}: exclusion '{e.pattern}' in [{name}] has no reason", "every exclusion needs a reason")
+    if "op_types" in d:
+        d["op_types"] = tuple(d["op_types"])
+    unknown = set(d) - set(ComponentPolicy.__dataclass_fields__)
+    if unknown:
+        raise EdgeqError(f"{path}: unknown keys in [{name}]: {', '.join(sorted(unknown))}")
+    pol = ComponentPolicy(exclude=excl, **d)
+    if pol.mode not in ("int8", "float"):
+        raise EdgeqError(f"{path}: [{name}] mode must be int8 or float, not {pol.mode!r}")
+    for t in (pol.activation_type, pol.weight_type):
+        if t not in TYPES:
+            raise EdgeqError(f"{path}: [{name}] type {t!r} is not one of {', '.join(TYPES)}")
+    return pol
+
+
+def load_profile(target: str) -> Profile:
+    path = Path(target) if target.endswith(".toml") else PROFILES_DIR / f"{target}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+        raise EdgeqError(f"no target profile {path}", f"targets with a profile: {', '.join(known)}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise EdgeqError(f"{path} is not valid TOML: {e}") from None
+    comps = {k: _component(k, v, path) for k, v in raw.items() if k in ("unet", "vae_decoder", "text_encoder", "text_encoder_2")}
+    return Profile(
+        name=raw.get("name", path.stem), description=raw.get("description", ""), runtime=raw.get("runtime", "onnxruntime"),
+        components=comps, gates=Gates(**raw.get("gates", {})), calibration=CalibrationDefaults(**raw.get("calibration", {})),
+        path=path, raw=raw,
+    )

@@ -1,0 +1,60 @@
+"""ONNX Runtime CPU target: the Q/DQ ONNX graphs run as they are.
+
+ORT fuses DequantizeLinear -> Conv/MatMul -> QuantizeLinear into QLinearConv / QLinearMatMul (and
+MatMulInteger) kernels at session creation; U8S8 is their fast path on x86 with VNNI. Per-group
+mode ships one graph per timestep group, all reading one weights file (each ORT session still
+loads its own copy of the weights into memory: memory x groups, disk x 1).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgeq.targets.common import copy_component, copy_pipeline_files
+
+
+def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
+    """Write the deployable folder; returns its artifacts and the manifest's component entries."""
+    em = ctx.export_manifest
+    files = copy_pipeline_files(ctx.export_dir, em, stage)
+    components: dict[str, Any] = {}
+    for name in em["components"]:
+        if name.startswith("text_encoder"):
+            f, info = copy_component(ctx.export_dir, em, name, stage)
+            files += f
+            components[name] = info
+    for name in ("unet", "vae_decoder"):
+        base = dict(em["components"][name])
+        base.pop("validation", None)
+        dst = stage / name
+        dst.mkdir()
+        shutil.copy2(ctx.export_dir / name / "config.json", dst / "config.json")
+        if name == "unet" and unet is not None and mode == "per-group":
+            for p in sorted(unet.per_group_dir.iterdir()):
+                shutil.copy2(p, dst / p.name)
+                files.append(dst / p.name)
+            base.pop("path")
+            base["graphs"] = [{"path": f"unet/model.g{g.index}.onnx", **g.to_dict()} for g in unet.groups]
+            base["precision"] = "int8 (W8A8 Q/DQ), one graph per timestep group"
+        elif (name == "unet" and unet is not None) or (name == "vae_decoder" and vae_dir is not None):
+            src = unet.shared_dir if name == "unet" else vae_dir
+            for p in sorted(src.iterdir()):
+                if p.suffix == ".onnx" or p.name.endswith(".onnx_data"):
+                    shutil.copy2(p, dst / p.name)
+                    files.append(dst / p.name)
+            base["path"] = f"{name}/model.onnx"
+            base["precision"] = "int8 (W8A8 Q/DQ)"
+        else:
+            dst.rmdir()
+            f, base = copy_component(ctx.export_dir, em, name, stage)
+            files += f
+        base["runtime"] = "onnxruntime"
+        components[name] = base
+    return files, components
+
+
+def runners() -> dict[str, Any]:
+    """Runner factories by manifest runtime name: ONNX Runtime's are the pipeline's defaults."""
+    return {}

@@ -1,0 +1,163 @@
+"""The build report: report.json, report.md and report.html, with a per-group SQNR plot and an
+FP32-versus-INT8 image grid (PNG, drawn with Pillow)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from edgeq.fsutil import write_json
+from edgeq.verify.metrics import psnr_db, ssim
+
+
+@dataclass
+class Report:
+    """Results carry their data and know whether they passed."""
+
+    passed: bool
+    target: str
+    model: str
+    gates: list[dict]
+    unet_groups: list[dict]
+    e2e: dict[str, Any]
+    group_mode: str = "shared"
+    variants: dict[str, list[dict]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    quantized: dict[str, dict[str, int]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def failed_gates(self) -> list[dict]:
+        return [g for g in self.gates if not g["passed"]]
+
+
+def end_to_end(fp32, quant, prompts: list[str], seed: int, tiny_sd: bool) -> tuple[dict[str, Any], np.ndarray]:
+    """Images from identical seeds through both pipelines: PSNR, SSIM, and tiny-sd adherence."""
+    from edgeq.runtime.pipeline import GenerateOptions
+
+    ref, got = [], []
+    for i, p in enumerate(tqdm(prompts, desc="check end to end", unit="image")):
+        ref.append(fp32.generate(GenerateOptions(prompt=p, seed=seed + i)))
+        got.append(quant.generate(GenerateOptions(prompt=p, seed=seed + i)))
+    out: dict[str, Any] = {
+        "images": len(prompts),
+        "psnr_db": float(np.mean([min(psnr_db(a, b), 100.0) for a, b in zip(ref, got)])),
+        "ssim": float(np.mean([ssim(a, b) for a, b in zip(ref, got)])),
+    }
+    if tiny_sd:
+        from edgeq.verify.adherence import adherence
+
+        out["adherence"] = adherence(prompts, got).to_dict()
+        out["adherence_fp32"] = adherence(prompts, ref).to_dict()
+    return out, image_grid(ref[:8], got[:8])
+
+
+def image_grid(top: list[np.ndarray], bottom: list[np.ndarray], scale: int | None = None) -> np.ndarray:
+    """Two rows (FP32 above, INT8 below), upscaled so small images stay visible."""
+    h, w = top[0].shape[:2]
+    scale = scale or max(1, 128 // h)
+    gap = 4
+    grid = np.full((2 * h * scale + gap, len(top) * (w * scale + gap) - gap, 3), 255, np.uint8)
+    for row, imgs in enumerate((top, bottom)):
+        for i, im in enumerate(imgs):
+            big = np.kron(im, np.ones((scale, scale, 1), np.uint8))
+            y, x = row * (h * scale + gap), i * (w * scale + gap)
+            grid[y : y + h * scale, x : x + w * scale] = big
+    return grid
+
+
+def sqnr_plot(variants: dict[str, list[dict]], threshold: float) -> np.ndarray:
+    """Bars of UNet SQNR per timestep group, one colour per deployment mode, threshold dashed."""
+    from PIL import Image, ImageDraw
+
+    W, H, pad = 560, 300, 40
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    modes = list(variants)
+    if not modes:
+        return np.asarray(img)
+    n = len(variants[modes[0]])
+    vals = [r["sqnr_db"] for m in modes for r in variants[m] if np.isfinite(r["sqnr_db"])] + [threshold]
+    top = max(vals) * 1.15 if vals else 1.0
+    colours = [(66, 133, 244), (219, 68, 55), (15, 157, 88)]
+    slot = (W - 2 * pad) / n
+    bw = slot * 0.8 / len(modes)
+    for g in range(n):
+        for k, m in enumerate(modes):
+            v = variants[m][g]["sqnr_db"]
+            v = top if not np.isfinite(v) else v
+            x0 = pad + g * slot + slot * 0.1 + k * bw
+            y0 = H - pad - (H - 2 * pad) * v / top
+            d.rectangle([x0, y0, x0 + bw - 2, H - pad], fill=colours[k % 3])
+            d.text((x0, y0 - 12), f"{v:.1f}", fill="black")
+        r = variants[modes[0]][g]
+        d.text((pad + g * slot + slot * 0.2, H - pad + 4), f"g{g} t{r['t_min']:.0f}-{r['t_max']:.0f}", fill="black")
+    yt = H - pad - (H - 2 * pad) * threshold / top
+    for x in range(pad, W - pad, 10):
+        d.line([x, yt, x + 5, yt], fill=(120, 120, 120))
+    d.text((W - pad - 90, yt - 12), f"gate {threshold:g} dB", fill=(90, 90, 90))
+    for k, m in enumerate(modes):
+        d.rectangle([pad + k * 110, 8, pad + k * 110 + 10, 18], fill=colours[k % 3])
+        d.text((pad + k * 110 + 14, 6), m, fill="black")
+    d.text((pad, 22), "UNet noise-prediction SQNR (dB) per timestep group, held-out prompts", fill="black")
+    return np.asarray(img)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _markdown(r: Report) -> str:
+    lines = [f"# edgeq build report: {r.model} -> {r.target}", "",
+             f"**{'PASSED' if r.passed else 'FAILED'}** (group mode: {r.group_mode})", "", "## Gates", "",
+             "| component | metric | group | value | threshold | passed |", "|---|---|---|---|---|---|"]
+    for g in r.gates:
+        lines.append(f"| {g['component']} | {g['metric']} | {'' if g['group'] is None else g['group']} | "
+                     f"{g['value']:.4g} | {g['threshold']:g} | {'yes' if g['passed'] else '**no**'} |")
+    lines += ["", "## UNet per timestep group (held-out prompts)", "",
+              "| group | t range | " + " | ".join(f"{m} SQNR dB" for m in r.variants) + " | cosine (deployed) |",
+              "|---|---|" + "---|" * len(r.variants) + "---|"]
+    for i, row in enumerate(r.unet_groups):
+        vals = " | ".join(f"{r.variants[m][i]['sqnr_db']:.2f}" for m in r.variants)
+        lines.append(f"| {row['index']} | {row['t_min']:.0f}-{row['t_max']:.0f} | {vals} | {row['cosine']:.5f} |")
+    lines += ["", "## End to end (same seeds as FP32)", ""]
+    for k, v in r.e2e.items():
+        lines.append(f"- {k}: {json.dumps(v) if isinstance(v, dict) else (f'{v:.4g}' if isinstance(v, float) else v)}")
+    lines += ["", "## Quantized nodes", ""]
+    for comp, c in r.quantized.items():
+        lines.append(f"- {comp}: {c['quantized']} int8, {c['float']} float, {c['activation_tensors']} activation ranges")
+    lines += ["", "Every float node and its reason: `quant_summary.txt` and `quant_plan.json`.", "",
+              "## Timings (s)", "", *(f"- {k}: {v}" for k, v in r.timings.items()), "",
+              "![SQNR per group](sqnr_per_group.png)", "", "![FP32 (top) vs INT8 (bottom)](grid.png)", ""]
+    return "\n".join(lines)
+
+
+def write(folder: Path, r: Report, grid: np.ndarray) -> None:
+    threshold = next((g["threshold"] for g in r.gates if g["metric"] == "sqnr_db"), 0.0)
+    plot = _png(sqnr_plot(r.variants or {"deployed": r.unet_groups}, threshold))
+    grid_png = _png(grid)
+    (folder / "sqnr_per_group.png").write_bytes(plot)
+    (folder / "grid.png").write_bytes(grid_png)
+    write_json(folder / "report.json", asdict(r))
+    md = _markdown(r)
+    (folder / "report.md").write_text(md)
+    body = html.escape(md)
+    for name, data in (("sqnr_per_group.png", plot), ("grid.png", grid_png)):
+        tag = f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+        body = body.replace(html.escape(f"]({name})"), f"]</p>{tag}<p>")
+    (folder / "report.html").write_text(
+        f"<!doctype html><meta charset=utf-8><title>edgeq report</title><pre style='white-space:pre-wrap'>{body}</pre>\n")
