@@ -27,6 +27,7 @@ from edgeq.manifest import artifact_table, library_versions, read_manifest, writ
 from edgeq.models.weights import WeightSource, resolve
 from edgeq.quantize.policy import Decision, decide, summary, tensors_to_calibrate
 from edgeq.quantize.profile import ComponentPolicy, Profile, load_profile
+from edgeq.verify.checks import unet_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP_MODES = ("shared", "per-group", "auto")
@@ -76,7 +77,13 @@ class Context:
 
     def prompts(self, which: str) -> list[str]:
         given = self.opts.calib_prompts if which == "calibration" else self.opts.heldout_prompts
-        path = given or ROOT / "calibration_data" / self.spec.calibration_data / f"{'calibration' if which == 'calibration' else 'heldout'}.txt"
+        path = (
+            given
+            or ROOT
+            / "calibration_data"
+            / self.spec.calibration_data
+            / f"{'calibration' if which == 'calibration' else 'heldout'}.txt"
+        )
         prompts = read_prompts(path)
         n = self.opts.num_calib if which == "calibration" else self.opts.num_heldout
         default = 32 if which == "calibration" else (64 if self.spec.calibration_data == "tiny-sd" else 8)
@@ -109,7 +116,10 @@ def prepare(opts: BuildOptions, log=print) -> Context:
     source = resolve(opts.model, opts.weights, opts.config_dir)
     if opts.out is not None:
         ensure_writable_dir(opts.out)
-    cache = opts.cache_dir or Path("build") / ".cache" / f"{source.spec.name.strip('./').replace('/', '_')}-{source.fingerprint()[:12]}"
+    cache = (
+        opts.cache_dir
+        or Path("build") / ".cache" / f"{source.spec.name.strip('./').replace('/', '_')}-{source.fingerprint()[:12]}"
+    )
     ensure_writable_dir(cache)
     t0 = time.time()
     res = export(source, cache / "fp32", ExportSettings(), log=log)
@@ -124,7 +134,9 @@ def capture_set(ctx: Context, which: str) -> Capture:
     seed = ctx.opts.seed if which == "calibration" else HELDOUT_SEED
     settings = CaptureSettings(tuple(prompts), seed, p["steps"], p["guidance"], p["scheduler"])
     t0 = time.time()
-    cap = capture(ctx.export_dir, ctx.cache / f"capture-{which}-{_key(asdict(settings))}", settings, desc=f"capture {which}")
+    cap = capture(
+        ctx.export_dir, ctx.cache / f"capture-{which}-{_key(asdict(settings))}", settings, desc=f"capture {which}"
+    )
     ctx.timings[f"capture_{which}_s"] = round(time.time() - t0, 1)
     return cap
 
@@ -154,7 +166,7 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentCalib
             out[name] = ComponentCalibration(name, policy, decisions, [], Stats([], []))
             continue
         if name == "text_encoder":
-            raise EdgeqError("quantizing the text encoder is not supported yet", "set [text_encoder] mode = \"float\"")
+            raise EdgeqError("quantizing the text encoder is not supported yet", 'set [text_encoder] mode = "float"')
         tensors = tensors_to_calibrate(graph, decisions)
         key = _key(str(cap.folder), tensors, ctx.export_manifest["cache_key"])
         stats_path = ctx.cache / f"stats-{name}-{key}.npz"
@@ -221,15 +233,23 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVar
     groups = make_groups(ctx, cal.stats)
     per_group, shared = choose_ranges(cal, groups, method)
     fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
-    key = _key(ctx.export_manifest["cache_key"], asdict(cal.policy), method, [g.to_dict() for g in groups], shared, per_group)
+    key = _key(
+        ctx.export_manifest["cache_key"], asdict(cal.policy), method, [g.to_dict() for g in groups], shared, per_group
+    )
     root = ctx.cache / f"quant-unet-{key}"
     t0 = time.time()
     if not (root / "done").is_file():
         shutil.rmtree(root, ignore_errors=True)
         base = quantize_graph(fp32, cal.decisions, cal.policy, shared)
         (root / "shared").mkdir(parents=True)
-        onnx.save_model(copy.deepcopy(base), str(root / "shared" / "model.onnx"), save_as_external_data=True,
-                        all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=1024)
+        onnx.save_model(
+            copy.deepcopy(base),
+            str(root / "shared" / "model.onnx"),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="model.onnx_data",
+            size_threshold=1024,
+        )
         if len(groups) > 1:
             params = [{t: qparams(*r[t], cal.policy) for t in cal.tensors} for r in per_group]
             save_group_graphs(base, params, root / "per-group")
@@ -238,19 +258,27 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVar
     shared_model = onnx.load(str(root / "shared" / "model.onnx"), load_external_data=True)
     shared_q = read_activation_qparams(shared_model, cal.tensors)
     plan = {
-        "component": "unet", "range_method": method, "policy": asdict(cal.policy),
+        "component": "unet",
+        "range_method": method,
+        "policy": asdict(cal.policy),
         "groups": [g.to_dict() for g in groups],
         "activations": {
             t: {
-                "shared": {"rmin": shared[t][0], "rmax": shared[t][1], "scale": shared_q.get(t, (None, None))[0],
-                           "zero_point": shared_q.get(t, (None, None))[1]},
+                "shared": {
+                    "rmin": shared[t][0],
+                    "rmax": shared[t][1],
+                    "scale": shared_q.get(t, (None, None))[0],
+                    "zero_point": shared_q.get(t, (None, None))[1],
+                },
                 "per_group": [asdict(qparams(*per_group[g][t], cal.policy)) for g in range(len(groups))],
             }
             for t in cal.tensors
         },
         "weights": weight_summary(shared_model),
         "quantized_nodes": [d.node for d in cal.decisions if d.quantized],
-        "excluded_nodes": [{"node": d.node, "op_type": d.op_type, "reason": d.reason} for d in cal.decisions if not d.quantized],
+        "excluded_nodes": [
+            {"node": d.node, "op_type": d.op_type, "reason": d.reason} for d in cal.decisions if not d.quantized
+        ],
     }
     per_dir = root / "per-group" if len(groups) > 1 else None
     return UnetVariants(groups, root / "shared", per_dir, plan)
@@ -263,26 +291,39 @@ def quantize_single(ctx: Context, cal: ComponentCalibration) -> tuple[Path, dict
     from edgeq.quantize.insert import quantize_graph, read_activation_qparams, weight_summary
 
     method = ctx.opts.range_method or cal.policy.range_method
-    ranges = {t: tuple(float(v) for v in select_range(cal.stats.group(t, [0]), method, cal.policy.activation_symmetric))
-              for t in cal.tensors}
+    ranges = {
+        t: tuple(float(v) for v in select_range(cal.stats.group(t, [0]), method, cal.policy.activation_symmetric))
+        for t in cal.tensors
+    }
     fp32 = ctx.export_dir / ctx.export_manifest["components"][cal.name]["path"]
     root = ctx.cache / f"quant-{cal.name}-{_key(ctx.export_manifest['cache_key'], asdict(cal.policy), method, ranges)}"
     if not (root / "done").is_file():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        onnx.save_model(quantize_graph(fp32, cal.decisions, cal.policy, ranges), str(root / "model.onnx"),
-                        save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx_data",
-                        size_threshold=1024)
+        onnx.save_model(
+            quantize_graph(fp32, cal.decisions, cal.policy, ranges),
+            str(root / "model.onnx"),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location="model.onnx_data",
+            size_threshold=1024,
+        )
         (root / "done").write_text("ok\n")
     model = onnx.load(str(root / "model.onnx"), load_external_data=True)
     q = read_activation_qparams(model, cal.tensors)
     plan = {
-        "component": cal.name, "range_method": method, "policy": asdict(cal.policy),
-        "activations": {t: {"rmin": r[0], "rmax": r[1], "scale": q.get(t, (None, None))[0],
-                            "zero_point": q.get(t, (None, None))[1]} for t, r in ranges.items()},
+        "component": cal.name,
+        "range_method": method,
+        "policy": asdict(cal.policy),
+        "activations": {
+            t: {"rmin": r[0], "rmax": r[1], "scale": q.get(t, (None, None))[0], "zero_point": q.get(t, (None, None))[1]}
+            for t, r in ranges.items()
+        },
         "weights": weight_summary(model),
         "quantized_nodes": [d.node for d in cal.decisions if d.quantized],
-        "excluded_nodes": [{"node": d.node, "op_type": d.op_type, "reason": d.reason} for d in cal.decisions if not d.quantized],
+        "excluded_nodes": [
+            {"node": d.node, "op_type": d.op_type, "reason": d.reason} for d in cal.decisions if not d.quantized
+        ],
     }
     return root, plan
 
@@ -297,85 +338,139 @@ def _copy_graph(src_dir: Path, files: list[str], dst_dir: Path) -> list[Path]:
     return out
 
 
-def build(opts: BuildOptions, log=print):
-    """Run every stage; returns the report (see :mod:`edgeq.verify.report`)."""
+def build(opts: BuildOptions, until: str | None = None, log=print):
+    """Run the stages up to ``until`` (calibrate | quantize | None = all, checks included).
+
+    Returns (report or None, build folder or None).
+    """
     from edgeq.runtime.sessions import GroupedRunner, OrtRunner
     from edgeq.targets import get_target
-    from edgeq.verify import report as report_mod
-    from edgeq.verify.checks import Gate, unet_groups, vae_psnr
 
     t_start = time.time()
     target = get_target(opts.target)
     ctx = prepare(opts, log)
-    out = opts.out or Path("build") / f"{ctx.spec.name.strip('./').replace('/', '_')}-{ctx.profile.name}"
     cal_cap = capture_set(ctx, "calibration")
-    held_cap = capture_set(ctx, "heldout")
     cals = calibrate(ctx, cal_cap, log)
+    if until == "calibrate":
+        return None, None
+    out = opts.out or Path("build") / f"{ctx.spec.name.strip('./').replace('/', '_')}-{ctx.profile.name}"
+    held_cap = capture_set(ctx, "heldout")
     unet = quantize_unet(ctx, cals["unet"], log) if cals["unet"].policy.mode == "int8" else None
-    vae_dir, vae_plan = quantize_single(ctx, cals["vae_decoder"]) if cals.get("vae_decoder") and cals["vae_decoder"].policy.mode == "int8" else (None, None)
-
-    fp32_unet = OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"])
-    gates: list[Gate] = []
-    g = ctx.profile.gates
+    vae_cal = cals.get("vae_decoder")
+    vae_dir, vae_plan = quantize_single(ctx, vae_cal) if vae_cal and vae_cal.policy.mode == "int8" else (None, None)
     unet_info: dict[str, Any] = {}
+    chosen = "float"
     if unet is not None:
         groups = [x.to_dict() for x in unet.groups]
         t0 = time.time()
-        check_cap = held_cap
-        unet.metrics["shared"] = unet_groups(fp32_unet, OrtRunner(unet.shared_dir / "model.onnx"), check_cap, groups, "check unet (shared)")
+        fp32_unet = OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"])
+        unet.metrics["shared"] = unet_groups(
+            fp32_unet, OrtRunner(unet.shared_dir / "model.onnx"), held_cap, groups, "check unet (shared)"
+        )
         if unet.per_group_dir is not None:
             runner = GroupedRunner([(unet.per_group_dir / f"model.g{i}.onnx", gr) for i, gr in enumerate(groups)])
-            unet.metrics["per-group"] = unet_groups(fp32_unet, runner, check_cap, groups, "check unet (per-group)")
+            unet.metrics["per-group"] = unet_groups(fp32_unet, runner, held_cap, groups, "check unet (per-group)")
         ctx.timings["check_unet_s"] = round(time.time() - t0, 1)
         chosen = _choose_mode(ctx, unet)
-        unet_info = {"mode": chosen, "groups": groups}
-    else:
-        chosen = "float"
-
+        unet_info = {"mode": chosen, "groups": groups, "variants": unet.metrics}
     with staged_dir(out) as stage:
         files, components = target.package(ctx, stage, unet, chosen, vae_dir)
-        plan = {"target": ctx.profile.name, "model": ctx.spec.name, "unet": unet.plan if unet else None,
-                "vae_decoder": vae_plan, "group_mode": chosen}
-        write_json(stage / "quant_plan.json", plan)
-        if unet is not None:
-            (stage / "quant_summary.txt").write_text(summary(cals["unet"].decisions))
-        manifest = _manifest(ctx, stage, files, components, unet_info, chosen, status="unchecked")
-        write_manifest(stage, manifest)
-        from edgeq.runtime.pipeline import Pipeline
-
-        qpipe = Pipeline(stage, runners=target.runners())
-        fpipe = Pipeline(ctx.export_dir)
-        unet_rows = unet.metrics.get(chosen if chosen != "float" else "shared", []) if unet else []
-        for row in unet_rows:
-            gates.append(Gate("unet", "sqnr_db", row["index"], row["sqnr_db"], g.unet_sqnr_db))
-            gates.append(Gate("unet", "cosine", row["index"], row["cosine"], g.unet_cosine))
-        if vae_dir is not None:
-            v = vae_psnr(OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["vae_decoder"]["path"]),
-                         qpipe.runners["vae_decoder"], held_cap)
-            gates.append(Gate("vae_decoder", "psnr_db", None, v, g.vae_psnr_db))
-        t0 = time.time()
-        e2e, grid = report_mod.end_to_end(fpipe, qpipe, list(held_cap.settings.prompts), HELDOUT_SEED,
-                                          tiny_sd=ctx.spec.calibration_data == "tiny-sd")
-        ctx.timings["check_e2e_s"] = round(time.time() - t0, 1)
-        gates.append(Gate("pipeline", "psnr_db", None, e2e["psnr_db"], g.e2e_psnr_db))
-        gates.append(Gate("pipeline", "ssim", None, e2e["ssim"], g.e2e_ssim))
-        if "adherence" in e2e:
-            for attr in ("colour", "shape"):
-                drop = e2e["adherence_fp32"][attr] - e2e["adherence"][attr]
-                gates.append(Gate("pipeline", f"adherence_{attr}_drop", None, drop, g.adherence_drop, higher_is_better=False))
-        passed = all(gates)
-        ctx.timings["total_s"] = round(time.time() - t_start, 1)
-        rep = report_mod.Report(
-            passed=passed, target=ctx.profile.name, model=ctx.spec.name, gates=[x.to_dict() for x in gates],
-            unet_groups=unet_rows, e2e=e2e, group_mode=chosen,
-            variants={k: v for k, v in (unet.metrics.items() if unet else [])}, timings=dict(ctx.timings),
-            quantized=_quant_counts(cals), settings=_settings(ctx),
+        write_json(
+            stage / "quant_plan.json",
+            {
+                "target": ctx.profile.name,
+                "model": ctx.spec.name,
+                "group_mode": chosen,
+                "unet": unet.plan if unet else None,
+                "vae_decoder": vae_plan,
+            },
         )
-        report_mod.write(stage, rep, grid)
-        manifest = _manifest(ctx, stage, files, components, unet_info, chosen, status="passed" if passed else "failed")
-        manifest["gates"] = [x.to_dict() for x in gates]
+        (stage / "quant_summary.txt").write_text("".join(summary(c.decisions) for c in cals.values() if c.decisions))
+        manifest = _manifest(ctx, stage, files, components, unet_info, chosen, status="unchecked")
+        manifest["build_options"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()}
+        manifest["cache_dir"] = str(ctx.cache.resolve())
+        manifest["quant_counts"] = _quant_counts(cals)
+        ctx.timings["build_s"] = round(time.time() - t_start, 1)
+        manifest["timings"] = dict(ctx.timings)
         write_manifest(stage, manifest)
+        if until == "quantize":
+            return None, out
+        rep = check_folder(stage, ctx=ctx, held_cap=held_cap)
     return rep, out
+
+
+def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | None = None, log=print):
+    """Accuracy checks of a build folder against its FP32 source; writes the report, updates the manifest."""
+    from edgeq.runtime.pipeline import Pipeline
+    from edgeq.runtime.sessions import OrtRunner
+    from edgeq.targets import get_target
+    from edgeq.verify import report as report_mod
+    from edgeq.verify.checks import Gate, vae_psnr
+
+    manifest = read_manifest(folder)
+    if manifest.get("kind") != "int8":
+        raise EdgeqError(f"{folder} is an FP32 export, not a quantized build", "check a folder made by `edgeq build`")
+    if ctx is None:
+        opts = BuildOptions(
+            **{k: Path(v) if k in _PATH_OPTS and v is not None else v for k, v in manifest["build_options"].items()}
+        )
+        ctx = prepare(replace(opts, cache_dir=Path(manifest["cache_dir"])), log)
+        held_cap = capture_set(ctx, "heldout")
+    assert held_cap is not None
+    t0 = time.time()
+    target = get_target(manifest["target"])
+    qpipe = Pipeline(folder, runners=target.runners())
+    fpipe = Pipeline(ctx.export_dir)
+    g = ctx.profile.gates
+    q = manifest["quantization"]
+    chosen = q["group_mode"]
+    gates: list[Gate] = []
+    unet_rows = q.get("variants", {}).get(chosen, [])
+    for row in unet_rows:
+        gates.append(Gate("unet", "sqnr_db", row["index"], row["sqnr_db"], g.unet_sqnr_db))
+        gates.append(Gate("unet", "cosine", row["index"], row["cosine"], g.unet_cosine))
+    if "int8" in manifest["components"]["vae_decoder"].get("precision", ""):
+        v = vae_psnr(
+            OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["vae_decoder"]["path"]),
+            qpipe.runners["vae_decoder"],
+            held_cap,
+        )
+        gates.append(Gate("vae_decoder", "psnr_db", None, v, g.vae_psnr_db))
+    e2e, grid = report_mod.end_to_end(
+        fpipe, qpipe, list(held_cap.settings.prompts), HELDOUT_SEED, tiny_sd=ctx.spec.calibration_data == "tiny-sd"
+    )
+    gates.append(Gate("pipeline", "psnr_db", None, e2e["psnr_db"], g.e2e_psnr_db))
+    gates.append(Gate("pipeline", "ssim", None, e2e["ssim"], g.e2e_ssim))
+    if "adherence" in e2e:
+        for attr in ("colour", "shape"):
+            drop = e2e["adherence_fp32"][attr] - e2e["adherence"][attr]
+            gates.append(
+                Gate("pipeline", f"adherence_{attr}_drop", None, drop, g.adherence_drop, higher_is_better=False)
+            )
+    passed = all(gates)
+    timings = {**manifest.get("timings", {}), "check_e2e_s": round(time.time() - t0, 1)}
+    rep = report_mod.Report(
+        passed=passed,
+        target=manifest["target"],
+        model=manifest["model"]["name"],
+        gates=[x.to_dict() for x in gates],
+        unet_groups=unet_rows,
+        e2e=e2e,
+        group_mode=chosen,
+        variants=q.get("variants", {}),
+        timings=timings,
+        quantized=manifest.get("quant_counts", {}),
+        settings=q.get("settings", {}),
+    )
+    report_mod.write(folder, rep, grid)
+    report_files = ["report.json", "report.md", "report.html", "grid.png", "sqnr_per_group.png"]
+    manifest["artifacts"].update(artifact_table(folder, report_files))
+    manifest.update(status="passed" if passed else "failed", gates=[x.to_dict() for x in gates], timings=timings)
+    write_manifest(folder, manifest)
+    return rep
+
+
+_PATH_OPTS = ("out", "weights", "config_dir", "calib_prompts", "heldout_prompts", "cache_dir")
 
 
 def _choose_mode(ctx: Context, unet: UnetVariants) -> str:
@@ -389,29 +484,49 @@ def _choose_mode(ctx: Context, unet: UnetVariants) -> str:
 
 
 def _quant_counts(cals: dict[str, ComponentCalibration]) -> dict[str, dict[str, int]]:
-    return {k: {"quantized": sum(d.quantized for d in c.decisions), "float": sum(not d.quantized for d in c.decisions),
-                "activation_tensors": len(c.tensors)} for k, c in cals.items()}
+    return {
+        k: {
+            "quantized": sum(d.quantized for d in c.decisions),
+            "float": sum(not d.quantized for d in c.decisions),
+            "activation_tensors": len(c.tensors),
+        }
+        for k, c in cals.items()
+    }
 
 
 def _settings(ctx: Context) -> dict[str, Any]:
-    return {"groups": ctx.groups_n, "group_mode": ctx.group_mode, "grouping": ctx.grouping,
-            "range_method": ctx.opts.range_method, "num_calib": len(ctx.prompts("calibration")),
-            "num_heldout": len(ctx.prompts("heldout")), "seed": ctx.opts.seed, "profile": str(ctx.profile.path.name)}
+    return {
+        "groups": ctx.groups_n,
+        "group_mode": ctx.group_mode,
+        "grouping": ctx.grouping,
+        "range_method": ctx.opts.range_method,
+        "num_calib": len(ctx.prompts("calibration")),
+        "num_heldout": len(ctx.prompts("heldout")),
+        "seed": ctx.opts.seed,
+        "profile": str(ctx.profile.path.name),
+    }
 
 
-def _manifest(ctx: Context, stage: Path, files: list[Path], comps: dict, unet_info: dict, chosen: str,
-              status: str) -> dict[str, Any]:
+def _manifest(
+    ctx: Context, stage: Path, files: list[Path], comps: dict, unet_info: dict, chosen: str, status: str
+) -> dict[str, Any]:
     base = ctx.export_manifest
     rel = [str(f.relative_to(stage)) for f in files]
     return {
-        "kind": "int8", "target": ctx.profile.name, "status": status, "model": base["model"], "pipeline": base["pipeline"],
-        "shapes": base["shapes"], "components": comps, "tokenizers": base["tokenizers"],
-        "scheduler_config": base["scheduler_config"], "versions": library_versions(),
-        "quantization": {"group_mode": chosen, **unet_info, "settings": _settings(ctx),
-                         "profile": ctx.profile.raw},
+        "kind": "int8",
+        "target": ctx.profile.name,
+        "status": status,
+        "model": base["model"],
+        "pipeline": base["pipeline"],
+        "shapes": base["shapes"],
+        "components": comps,
+        "tokenizers": base["tokenizers"],
+        "scheduler_config": base["scheduler_config"],
+        "versions": library_versions(),
+        "quantization": {"group_mode": chosen, **unet_info, "settings": _settings(ctx), "profile": ctx.profile.raw},
         "source_export": {"cache_key": base["cache_key"]},
         "artifacts": artifact_table(stage, rel),
     }
 
 
-__all__ = ["BuildOptions", "build", "prepare", "calibrate", "capture_set", "quantize_unet", "replace"]
+__all__ = ["BuildOptions", "build", "check_folder", "prepare", "calibrate", "capture_set", "quantize_unet"]

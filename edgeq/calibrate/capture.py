@@ -62,14 +62,16 @@ class Capture:
             with np.load(path) as z:
                 return {k: z[k] for k in z.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-            raise EdgeqError(f"calibration shard {path} is damaged ({type(e).__name__}: {e})",
-                             "delete it and run the command again to capture it anew") from None
+            raise EdgeqError(
+                f"calibration shard {path} is damaged ({type(e).__name__}: {e})",
+                "delete it and run the command again to capture it anew",
+            ) from None
 
     def unet_samples(self) -> Iterator[Sample]:
         """Every captured UNet call, one at a time (one shard in memory)."""
         for i in range(len(self.settings.prompts)):
             d = self.load(i)
-            static = {k[len("unet."):]: v for k, v in d.items() if k.startswith("unet.") and k != "unet.sample"}
+            static = {k[len("unet.") :]: v for k, v in d.items() if k.startswith("unet.") and k != "unet.sample"}
             for s, t in enumerate(d["timesteps"]):
                 feeds = {"sample": d["unet.sample"][s], "timestep": np.array(t, np.float32), **static}
                 yield Sample(i, s, float(t), feeds)
@@ -119,14 +121,24 @@ def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "c
                     static[k] = v.copy()
 
         final: list[np.ndarray] = []
-        pipe.generate(GenerateOptions(
-            prompt=settings.prompts[i], negative_prompt=settings.negative_prompt, seed=settings.seed + i,
-            steps=settings.steps, guidance=settings.guidance, scheduler=settings.scheduler,
-            on_unet_input=on_unet, on_final_latents=final.append,
-        ))
-        arrays = {"unet.sample": np.stack(rec["sample"]), "timesteps": np.array(rec["timesteps"], np.float32),
-                  "vae_decoder.latent_sample": pipe.vae_input(final[0]),
-                  "text_encoder.input_ids": pipe.tokenizers["tokenizer"]([settings.negative_prompt, settings.prompts[i]])}
+        pipe.generate(
+            GenerateOptions(
+                prompt=settings.prompts[i],
+                negative_prompt=settings.negative_prompt,
+                seed=settings.seed + i,
+                steps=settings.steps,
+                guidance=settings.guidance,
+                scheduler=settings.scheduler,
+                on_unet_input=on_unet,
+                on_final_latents=final.append,
+            )
+        )
+        arrays = {
+            "unet.sample": np.stack(rec["sample"]),
+            "timesteps": np.array(rec["timesteps"], np.float32),
+            "vae_decoder.latent_sample": pipe.vae_input(final[0]),
+            "text_encoder.input_ids": pipe.tokenizers["tokenizer"]([settings.negative_prompt, settings.prompts[i]]),
+        }
         arrays |= {f"unet.{k}": v for k, v in static.items()}
         fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".npz", dir=folder)
         with os.fdopen(fd, "wb") as f:

@@ -41,11 +41,18 @@ class Stats:
 
     def save(self, path: Path) -> None:
         counts = np.stack([np.stack([h.counts for h in self.hists[t]]) for t in self.tensors])
-        scalars = np.array([[(h.exp, h.lo, h.hi, h.n, h.sumsq) for h in self.hists[t]] for t in self.tensors], np.float64)
+        scalars = np.array(
+            [[(h.exp, h.lo, h.hi, h.n, h.sumsq) for h in self.hists[t]] for t in self.tensors], np.float64
+        )
         fd, tmp = tempfile.mkstemp(prefix=".stats-", suffix=".npz", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, counts=counts, scalars=scalars, tensors=np.array(self.tensors),
-                                timesteps=np.array(self.timesteps, np.float64))
+            np.savez_compressed(
+                f,
+                counts=counts,
+                scalars=scalars,
+                tensors=np.array(self.tensors),
+                timesteps=np.array(self.timesteps, np.float64),
+            )
         os.replace(tmp, path)
 
     @classmethod
@@ -55,8 +62,12 @@ class Stats:
             counts, scalars = z["counts"], z["scalars"]
             st = cls(tensors, [float(t) for t in z["timesteps"]])
             for i, t in enumerate(tensors):
-                st.hists[t] = [Hist(counts[i, s].astype(np.int64), int(sc[0]), float(sc[1]), float(sc[2]), int(sc[3]),
-                                    float(sc[4])) for s, sc in enumerate(scalars[i])]
+                st.hists[t] = [
+                    Hist(
+                        counts[i, s].astype(np.int64), int(sc[0]), float(sc[1]), float(sc[2]), int(sc[3]), float(sc[4])
+                    )
+                    for s, sc in enumerate(scalars[i])
+                ]
         return st
 
 
@@ -73,8 +84,14 @@ def augmented_model(model_path: Path, tensors: list[str]) -> Path:
     return Path(tmp)
 
 
-def collect(model_path: Path, tensors: list[str], samples: Iterable[tuple[int, dict[str, np.ndarray]]],
-            timesteps: list[float], total: int, desc: str = "statistics") -> Stats:
+def collect(
+    model_path: Path,
+    tensors: list[str],
+    samples: Iterable[tuple[int, dict[str, np.ndarray]]],
+    timesteps: list[float],
+    total: int,
+    desc: str = "statistics",
+) -> Stats:
     """Fold every sample's activations of ``tensors`` into per-step histograms.
 
     ``samples`` yields (step index, feeds); each is run alone and released before the next.
@@ -94,8 +111,10 @@ def collect(model_path: Path, tensors: list[str], samples: Iterable[tuple[int, d
                 try:
                     st.hists[name][step].add(arr)
                 except FloatingPointError:
-                    raise EdgeqError(f"tensor {name} holds NaN or Inf at step {step} during calibration",
-                                     "the FP32 model itself produces non-finite values: check the export") from None
+                    raise EdgeqError(
+                        f"tensor {name} holds NaN or Inf at step {step} during calibration",
+                        "the FP32 model itself produces non-finite values: check the export",
+                    ) from None
             del outs
     finally:
         aug.unlink(missing_ok=True)

@@ -79,6 +79,7 @@ def by_profile(timesteps: list[float], profile: np.ndarray, n: int) -> list[Grou
 
 def group_for(groups: list[dict] | list[Group], t: float) -> int:
     """The group whose timestep interval is nearest to ``t``."""
+
     def dist(g) -> float:
         lo, hi = (g["t_min"], g["t_max"]) if isinstance(g, dict) else (g.t_min, g.t_max)
         return 0.0 if lo <= t <= hi else min(abs(t - lo), abs(t - hi))

@@ -62,7 +62,11 @@ class Hist:
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise FloatingPointError("non-finite values")
         amax = max(abs(lo), abs(hi))
-        need = MIN_EXP if amax == 0 else max(MIN_EXP, int(np.ceil(np.log2(amax))) + (amax >= 2.0 ** np.ceil(np.log2(amax))))
+        need = (
+            MIN_EXP
+            if amax == 0
+            else max(MIN_EXP, int(np.ceil(np.log2(amax))) + (amax >= 2.0 ** np.ceil(np.log2(amax))))
+        )
         self.grow_to(need)
         idx = np.floor((x.astype(np.float64) + self.range) / self.width).astype(np.int64)
         np.clip(idx, 0, 2 * BINS - 1, out=idx)
@@ -183,7 +187,9 @@ def _entropy_threshold(h: Hist, levels: int = 128) -> float:
     return best_i * w
 
 
-def select_shared_range(group_hists: list[Hist], weights: list[float], method: str, symmetric: bool) -> tuple[float, float]:
+def select_shared_range(
+    group_hists: list[Hist], weights: list[float], method: str, symmetric: bool
+) -> tuple[float, float]:
     """One range for all groups, minimising the step-weighted relative quantization error.
 
     Objective: sum_g w_g * MSE_g(range) / power_g, the expected noise-to-signal ratio, so groups
@@ -200,6 +206,8 @@ def select_shared_range(group_hists: list[Hist], weights: list[float], method: s
     powers = [max(h.sumsq / max(h.n, 1), 1e-30) for h in group_hists]
 
     def objective(r: tuple[float, float]) -> float:
-        return sum(w * expected_mse(h, r[0], r[1], symmetric) / p for h, w, p in zip(group_hists, weights, powers) if h.n)
+        return sum(
+            w * expected_mse(h, r[0], r[1], symmetric) / p for h, w, p in zip(group_hists, weights, powers) if h.n
+        )
 
     return min(cands, key=objective)

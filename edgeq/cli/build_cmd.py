@@ -16,11 +16,18 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a preset (tiny-sd, sd15, sd21, sdxl) or a diffusers folder")
     p.add_argument("--target", default="ort-cpu", help="target profile name or a .toml file (default: ort-cpu)")
     p.add_argument("--weights", type=Path, help="a diffusers folder or single-file checkpoint for the preset")
-    p.add_argument("--config", type=Path, dest="config_dir", help="configs/tokenizer folder for a single-file checkpoint")
+    p.add_argument(
+        "--config", type=Path, dest="config_dir", help="configs/tokenizer folder for a single-file checkpoint"
+    )
     p.add_argument("--groups", type=int, help="timestep groups (1 = classic calibration; default: the profile's)")
-    p.add_argument("--group-mode", choices=("shared", "per-group", "auto"),
-                   help="one graph with ranges good for all groups, one graph per group, or per-group only where it helps")
-    p.add_argument("--grouping", choices=("uniform", "profile"), help="equal step counts, or merge steps with alike ranges")
+    p.add_argument(
+        "--group-mode",
+        choices=("shared", "per-group", "auto"),
+        help="one graph with ranges good for all groups, one graph per group, or per-group only where it helps",
+    )
+    p.add_argument(
+        "--grouping", choices=("uniform", "profile"), help="equal step counts, or merge steps with alike ranges"
+    )
     p.add_argument("--range-method", choices=("minmax", "percentile", "mse", "entropy"))
     p.add_argument("--calib-prompts", type=Path, help="calibration prompt file (default: calibration_data/<model>/)")
     p.add_argument("--num-calib", type=int, help="calibration prompts to use (default 32)")
@@ -47,19 +54,32 @@ def run(args: argparse.Namespace) -> int:
     opts = options(args)
     print("resolved options: " + json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()}))
     rep, out = build(opts)
-    print(f"\n{'PASSED' if rep.passed else 'FAILED'}: {rep.model} -> {rep.target} in {out} (group mode {rep.group_mode})")
+    print(
+        f"\n{'PASSED' if rep.passed else 'FAILED'}: {rep.model} -> {rep.target} in {out} (group mode {rep.group_mode})"
+    )
     for row in rep.unet_groups:
-        print(f"  unet group {row['index']} (t {row['t_min']:.0f}-{row['t_max']:.0f}): SQNR {row['sqnr_db']:.2f} dB, "
-              f"cosine {row['cosine']:.5f}")
+        print(
+            f"  unet group {row['index']} (t {row['t_min']:.0f}-{row['t_max']:.0f}): SQNR {row['sqnr_db']:.2f} dB, "
+            f"cosine {row['cosine']:.5f}"
+        )
     e = rep.e2e
-    print(f"  end to end: PSNR {e['psnr_db']:.2f} dB, SSIM {e['ssim']:.4f}"
-          + (f", adherence colour {e['adherence']['colour']:.1f}% / shape {e['adherence']['shape']:.1f}% "
-             f"(FP32 {e['adherence_fp32']['colour']:.1f}% / {e['adherence_fp32']['shape']:.1f}%)" if "adherence" in e else ""))
+    print(
+        f"  end to end: PSNR {e['psnr_db']:.2f} dB, SSIM {e['ssim']:.4f}"
+        + (
+            f", adherence colour {e['adherence']['colour']:.1f}% / shape {e['adherence']['shape']:.1f}% "
+            f"(FP32 {e['adherence_fp32']['colour']:.1f}% / {e['adherence_fp32']['shape']:.1f}%)"
+            if "adherence" in e
+            else ""
+        )
+    )
     print(f"  report: {out / 'report.html'}")
     if not rep.passed:
         for g in rep.failed_gates():
             where = f" group {g['group']}" if g["group"] is not None else ""
-            print(f"edgeq build: gate failed: {g['component']}{where} {g['metric']} = {g['value']:.4g} "
-                  f"(threshold {g['threshold']:g})", file=sys.stderr)
+            print(
+                f"edgeq build: gate failed: {g['component']}{where} {g['metric']} = {g['value']:.4g} "
+                f"(threshold {g['threshold']:g})",
+                file=sys.stderr,
+            )
         return GATE_FAILED
     return 0

@@ -15,6 +15,9 @@ from edgeq.errors import EdgeqError
 
 COMMANDS = {
     "build": "Export, calibrate per timestep group, quantize, lower for a target, check accuracy, report.",
+    "calibrate": "Export (cached), capture calibration trajectories and collect timestep-grouped statistics.",
+    "quantize": "Calibrate, choose ranges, insert Q/DQ and package for a target, without the accuracy checks.",
+    "check": "Run the accuracy checks and gates of a quantized build against FP32.",
     "export": "Export a model to ONNX: a runnable FP32 build folder.",
     "run": "Generate an image from a build folder (no torch needed).",
     "models": "List the model presets and where their weights were found.",

@@ -54,15 +54,19 @@ def qparams(rmin: float, rmax: float, policy: ComponentPolicy) -> QParams:
     return QParams(float(lo), float(hi), float(scale), int(zp))
 
 
-def quantize_graph(fp32_path: Path, decisions: list[Decision], policy: ComponentPolicy,
-                   ranges: dict[str, tuple[float, float]]) -> onnx.ModelProto:
+def quantize_graph(
+    fp32_path: Path, decisions: list[Decision], policy: ComponentPolicy, ranges: dict[str, tuple[float, float]]
+) -> onnx.ModelProto:
     """The Q/DQ model for one set of activation ranges."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     model = load_model_with_shape_infer(fp32_path)
-    data = {t: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32)) for t, (lo, hi) in ranges.items()}
+    data = {
+        t: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+        for t, (lo, hi) in ranges.items()
+    }
     extra = {
         "ActivationSymmetric": policy.activation_symmetric,
         "WeightSymmetric": policy.weight_symmetric,
@@ -70,9 +74,18 @@ def quantize_graph(fp32_path: Path, decisions: list[Decision], policy: Component
         "AddQDQPairToWeight": False,
         "DedicatedQDQPair": False,
     }
-    q = QDQQuantizer(model, policy.per_channel, False, _qtype(policy.weight_type), _qtype(policy.activation_type),
-                     TensorsData(CalibrationMethod.MinMax, data), [d.node for d in decisions if d.quantized],
-                     [d.node for d in decisions if not d.quantized], list(policy.op_types), extra)
+    q = QDQQuantizer(
+        model,
+        policy.per_channel,
+        False,
+        _qtype(policy.weight_type),
+        _qtype(policy.activation_type),
+        TensorsData(CalibrationMethod.MinMax, data),
+        [d.node for d in decisions if d.quantized],
+        [d.node for d in decisions if not d.quantized],
+        list(policy.op_types),
+        extra,
+    )
     q.quantize_model()
     out = q.model.model
     out.producer_name = "edgeq"
@@ -96,7 +109,10 @@ def read_activation_qparams(model: onnx.ModelProto, tensors: list[str]) -> dict[
     out = {}
     for t in tensors:
         if f"{t}_scale" in inits:
-            out[t] = (float(numpy_helper.to_array(inits[f"{t}_scale"])), int(numpy_helper.to_array(inits[f"{t}_zero_point"])))
+            out[t] = (
+                float(numpy_helper.to_array(inits[f"{t}_scale"])),
+                int(numpy_helper.to_array(inits[f"{t}_zero_point"])),
+            )
     return out
 
 
@@ -108,25 +124,46 @@ def weight_summary(model: onnx.ModelProto) -> list[dict]:
         if n.op_type != "DequantizeLinear" or n.input[0] not in inits:
             continue
         w = inits[n.input[0]]
-        if w.data_type not in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
-                               onnx.TensorProto.UINT16, onnx.TensorProto.INT32):
+        if w.data_type not in (
+            onnx.TensorProto.INT8,
+            onnx.TensorProto.UINT8,
+            onnx.TensorProto.INT16,
+            onnx.TensorProto.UINT16,
+            onnx.TensorProto.INT32,
+        ):
             continue
         scale = numpy_helper.to_array(inits[n.input[1]]) if n.input[1] in inits else np.array([np.nan])
         axis = next((a.i for a in n.attribute if a.name == "axis"), None)
-        out.append({"tensor": n.input[0], "dtype": onnx.helper.tensor_dtype_to_np_dtype(w.data_type).name,
-                    "shape": list(w.dims), "axis": axis if scale.size > 1 else None, "channels": int(scale.size),
-                    "scale_min": float(scale.min()), "scale_max": float(scale.max())})
+        out.append(
+            {
+                "tensor": n.input[0],
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(w.data_type).name,
+                "shape": list(w.dims),
+                "axis": axis if scale.size > 1 else None,
+                "channels": int(scale.size),
+                "scale_min": float(scale.min()),
+                "scale_max": float(scale.max()),
+            }
+        )
     return out
 
 
-def save_group_graphs(base: onnx.ModelProto, per_group: list[dict[str, QParams]], folder: Path, stem: str = "model") -> list[str]:
+def save_group_graphs(
+    base: onnx.ModelProto, per_group: list[dict[str, QParams]], folder: Path, stem: str = "model"
+) -> list[str]:
     """Group graphs sharing one weights file: ``model.g0.onnx`` ... and ``model.onnx_data``."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     set_activation_qparams(base, per_group[0])
     first = folder / f"{stem}.g0.onnx"
-    onnx.save_model(base, str(first), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=WEIGHTS_FILE, size_threshold=1024)
+    onnx.save_model(
+        base,
+        str(first),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=WEIGHTS_FILE,
+        size_threshold=1024,
+    )
     names.append(first.name)
     shell = onnx.load(str(first), load_external_data=False)  # large tensors now reference the shared file
     for g, params in enumerate(per_group[1:], start=1):

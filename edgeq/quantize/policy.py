@@ -25,8 +25,12 @@ def _constant_names(graph: onnx.GraphProto) -> set[str]:
     """Initializers and outputs of Constant nodes (and of Transposes/Casts/Identity of them)."""
     const = {i.name for i in graph.initializer}
     for n in graph.node:
-        if n.op_type == "Constant" or (n.op_type in ("Transpose", "Cast", "Identity", "Reshape")
-                                       and n.input and n.input[0] in const and all(i in const for i in n.input[1:])):
+        if n.op_type == "Constant" or (
+            n.op_type in ("Transpose", "Cast", "Identity", "Reshape")
+            and n.input
+            and n.input[0] in const
+            and all(i in const for i in n.input[1:])
+        ):
             const.update(n.output)
     return const
 
@@ -48,8 +52,14 @@ def decide(graph: onnx.GraphProto, policy: ComponentPolicy) -> list[Decision]:
         weight = n.input[1] if len(n.input) > 1 else ""
         if n.op_type in ("MatMul", "Gemm") and weight not in const:
             if policy.activation_matmul != "int8":
-                out.append(Decision(n.name, n.op_type, False,
-                                    "MatMul of two activations (attention scores or values): activation_matmul = float"))
+                out.append(
+                    Decision(
+                        n.name,
+                        n.op_type,
+                        False,
+                        "MatMul of two activations (attention scores or values): activation_matmul = float",
+                    )
+                )
                 continue
         elif weight not in const:
             out.append(Decision(n.name, n.op_type, False, "weight is not a constant"))
@@ -77,4 +87,6 @@ def tensors_to_calibrate(graph: onnx.GraphProto, decisions: list[Decision]) -> l
 
 def summary(decisions: list[Decision]) -> str:
     """One line per candidate node: the golden-file format."""
-    return "\n".join(f"{d.node}\t{d.op_type}\t{'int8' if d.quantized else 'float'}\t{d.reason}" for d in decisions) + "\n"
+    return (
+        "\n".join(f"{d.node}\t{d.op_type}\t{'int8' if d.quantized else 'float'}\t{d.reason}" for d in decisions) + "\n"
+    )

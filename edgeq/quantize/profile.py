@@ -79,7 +79,9 @@ def _component(name: str, d: dict[str, Any], path: Path) -> ComponentPolicy:
     excl = tuple(Exclusion(e["pattern"], e["reason"]) for e in d.pop("exclude", []))
     for e in excl:
         if not e.reason.strip():
-            raise EdgeqError(f"{path}: exclusion '{e.pattern}' in [{name}] has no reason", "every exclusion needs a reason")
+            raise EdgeqError(
+                f"{path}: exclusion '{e.pattern}' in [{name}] has no reason", "every exclusion needs a reason"
+            )
     if "op_types" in d:
         d["op_types"] = tuple(d["op_types"])
     unknown = set(d) - set(ComponentPolicy.__dataclass_fields__)
@@ -103,9 +105,18 @@ def load_profile(target: str) -> Profile:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise EdgeqError(f"{path} is not valid TOML: {e}") from None
-    comps = {k: _component(k, v, path) for k, v in raw.items() if k in ("unet", "vae_decoder", "text_encoder", "text_encoder_2")}
+    comps = {
+        k: _component(k, v, path)
+        for k, v in raw.items()
+        if k in ("unet", "vae_decoder", "text_encoder", "text_encoder_2")
+    }
     return Profile(
-        name=raw.get("name", path.stem), description=raw.get("description", ""), runtime=raw.get("runtime", "onnxruntime"),
-        components=comps, gates=Gates(**raw.get("gates", {})), calibration=CalibrationDefaults(**raw.get("calibration", {})),
-        path=path, raw=raw,
+        name=raw.get("name", path.stem),
+        description=raw.get("description", ""),
+        runtime=raw.get("runtime", "onnxruntime"),
+        components=comps,
+        gates=Gates(**raw.get("gates", {})),
+        calibration=CalibrationDefaults(**raw.get("calibration", {})),
+        path=path,
+        raw=raw,
     )

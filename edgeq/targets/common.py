@@ -18,12 +18,16 @@ def copy_pipeline_files(export_dir: Path, export_manifest: dict[str, Any], stage
     return out
 
 
-def copy_component(export_dir: Path, export_manifest: dict[str, Any], name: str, stage: Path) -> tuple[list[Path], dict]:
+def copy_component(
+    export_dir: Path, export_manifest: dict[str, Any], name: str, stage: Path
+) -> tuple[list[Path], dict]:
     """A component kept in FP32: its graph (and external data) copied as exported."""
     info = dict(export_manifest["components"][name])
     src = export_dir / Path(info["path"]).parent
     shutil.copytree(src, stage / src.name)
-    files = [p for p in (stage / src.name).iterdir() if p.suffix in (".onnx", ".onnx_data") or p.name.endswith(".onnx_data")]
+    files = [
+        p for p in (stage / src.name).iterdir() if p.suffix in (".onnx", ".onnx_data") or p.name.endswith(".onnx_data")
+    ]
     info["precision"] = "fp32"
     info.pop("validation", None)
     return files, info

@@ -40,7 +40,9 @@ class Gate:
         return f"{self.component}{where} {self.metric} = {self.value:.4g} (needs {op} {self.threshold:g})"
 
 
-def unet_groups(fp32: Runner, quant: Runner, capture: Capture, groups: list[dict], desc: str = "check unet") -> list[dict]:
+def unet_groups(
+    fp32: Runner, quant: Runner, capture: Capture, groups: list[dict], desc: str = "check unet"
+) -> list[dict]:
     """Noise-prediction SQNR and cosine per timestep group on held-out captured UNet inputs."""
     acc = [{"sig": 0.0, "err": 0.0, "dot": 0.0, "qq": 0.0, "n": 0} for _ in groups]
     for s in tqdm(capture.unet_samples(), total=len(capture), desc=desc, unit="call"):
@@ -56,8 +58,16 @@ def unet_groups(fp32: Runner, quant: Runner, capture: Capture, groups: list[dict
     for g, a in zip(groups, acc):
         sq = float("inf") if a["err"] == 0 else 10 * np.log10(a["sig"] / a["err"])
         cos = a["dot"] / max(np.sqrt(a["sig"] * a["qq"]), 1e-30)
-        out.append({"index": g["index"], "t_min": g["t_min"], "t_max": g["t_max"], "sqnr_db": float(sq),
-                    "cosine": float(cos), "samples": a["n"]})
+        out.append(
+            {
+                "index": g["index"],
+                "t_min": g["t_min"],
+                "t_max": g["t_max"],
+                "sqnr_db": float(sq),
+                "cosine": float(cos),
+                "samples": a["n"],
+            }
+        )
     return out
 
 

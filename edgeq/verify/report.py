@@ -122,15 +122,28 @@ def _png(arr: np.ndarray) -> bytes:
 
 
 def _markdown(r: Report) -> str:
-    lines = [f"# edgeq build report: {r.model} -> {r.target}", "",
-             f"**{'PASSED' if r.passed else 'FAILED'}** (group mode: {r.group_mode})", "", "## Gates", "",
-             "| component | metric | group | value | threshold | passed |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# edgeq build report: {r.model} -> {r.target}",
+        "",
+        f"**{'PASSED' if r.passed else 'FAILED'}** (group mode: {r.group_mode})",
+        "",
+        "## Gates",
+        "",
+        "| component | metric | group | value | threshold | passed |",
+        "|---|---|---|---|---|---|",
+    ]
     for g in r.gates:
-        lines.append(f"| {g['component']} | {g['metric']} | {'' if g['group'] is None else g['group']} | "
-                     f"{g['value']:.4g} | {g['threshold']:g} | {'yes' if g['passed'] else '**no**'} |")
-    lines += ["", "## UNet per timestep group (held-out prompts)", "",
-              "| group | t range | " + " | ".join(f"{m} SQNR dB" for m in r.variants) + " | cosine (deployed) |",
-              "|---|---|" + "---|" * len(r.variants) + "---|"]
+        lines.append(
+            f"| {g['component']} | {g['metric']} | {'' if g['group'] is None else g['group']} | "
+            f"{g['value']:.4g} | {g['threshold']:g} | {'yes' if g['passed'] else '**no**'} |"
+        )
+    lines += [
+        "",
+        "## UNet per timestep group (held-out prompts)",
+        "",
+        "| group | t range | " + " | ".join(f"{m} SQNR dB" for m in r.variants) + " | cosine (deployed) |",
+        "|---|---|" + "---|" * len(r.variants) + "---|",
+    ]
     for i, row in enumerate(r.unet_groups):
         vals = " | ".join(f"{r.variants[m][i]['sqnr_db']:.2f}" for m in r.variants)
         lines.append(f"| {row['index']} | {row['t_min']:.0f}-{row['t_max']:.0f} | {vals} | {row['cosine']:.5f} |")
@@ -139,10 +152,22 @@ def _markdown(r: Report) -> str:
         lines.append(f"- {k}: {json.dumps(v) if isinstance(v, dict) else (f'{v:.4g}' if isinstance(v, float) else v)}")
     lines += ["", "## Quantized nodes", ""]
     for comp, c in r.quantized.items():
-        lines.append(f"- {comp}: {c['quantized']} int8, {c['float']} float, {c['activation_tensors']} activation ranges")
-    lines += ["", "Every float node and its reason: `quant_summary.txt` and `quant_plan.json`.", "",
-              "## Timings (s)", "", *(f"- {k}: {v}" for k, v in r.timings.items()), "",
-              "![SQNR per group](sqnr_per_group.png)", "", "![FP32 (top) vs INT8 (bottom)](grid.png)", ""]
+        lines.append(
+            f"- {comp}: {c['quantized']} int8, {c['float']} float, {c['activation_tensors']} activation ranges"
+        )
+    lines += [
+        "",
+        "Every float node and its reason: `quant_summary.txt` and `quant_plan.json`.",
+        "",
+        "## Timings (s)",
+        "",
+        *(f"- {k}: {v}" for k, v in r.timings.items()),
+        "",
+        "![SQNR per group](sqnr_per_group.png)",
+        "",
+        "![FP32 (top) vs INT8 (bottom)](grid.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -160,4 +185,5 @@ def write(folder: Path, r: Report, grid: np.ndarray) -> None:
         tag = f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}">'
         body = body.replace(html.escape(f"]({name})"), f"]</p>{tag}<p>")
     (folder / "report.html").write_text(
-        f"<!doctype html><meta charset=utf-8><title>edgeq report</title><pre style='white-space:pre-wrap'>{body}</pre>\n")
+        f"<!doctype html><meta charset=utf-8><title>edgeq report</title><pre style='white-space:pre-wrap'>{body}</pre>\n"
+    )

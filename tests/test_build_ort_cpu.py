@@ -1,0 +1,194 @@
+"""`edgeq build --target ort-cpu` end to end: tiny-sd's gates, the build folder, caching and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeq.calibrate.capture import CaptureSettings, capture
+from edgeq.errors import EdgeqError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edgeq", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tinybuild")
+    r = cli("build", "tiny-sd", "--target", "ort-cpu", "--out", str(root / "out"), "--cache-dir", str(root / "cache"))
+    return root, r
+
+
+def test_tiny_sd_build_passes_its_gates(tiny_build):
+    root, r = tiny_build
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads((root / "out" / "report.json").read_text())
+    assert rep["passed"] is True and rep["target"] == "ort-cpu" and rep["model"] == "tiny-sd"
+    assert rep["gates"] and all(g["passed"] for g in rep["gates"])
+    assert {g["component"] for g in rep["gates"]} == {"unet", "vae_decoder", "pipeline"}
+    assert len(rep["unet_groups"]) == 4
+    for row in rep["unet_groups"]:
+        assert {"index", "t_min", "t_max", "sqnr_db", "cosine"} <= set(row)
+        assert row["sqnr_db"] >= 20.0 and row["cosine"] >= 0.99
+    e2e = rep["e2e"]
+    assert e2e["psnr_db"] >= 20.0 and e2e["ssim"] >= 0.8
+    for attr in ("colour", "shape"):
+        assert e2e["adherence_fp32"][attr] - e2e["adherence"][attr] <= 5.0
+    assert set(rep["variants"]) == {"shared", "per-group"}
+
+
+def test_build_folder_contents(tiny_build):
+    root, _ = tiny_build
+    out = root / "out"
+    for f in (
+        "manifest.json",
+        "quant_plan.json",
+        "quant_summary.txt",
+        "report.md",
+        "report.html",
+        "grid.png",
+        "sqnr_per_group.png",
+        "tokenizer/tokenizer.onnx",
+        "scheduler/scheduler_config.json",
+    ):
+        assert (out / f).is_file(), f
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "passed" and m["kind"] == "int8" and m["target"] == "ort-cpu"
+    assert len(m["quantization"]["groups"]) == 4 and {"onnxruntime", "onnx", "numpy"} <= set(m["versions"])
+    assert all(len(a["sha256"]) == 64 for a in m["artifacts"].values())
+    plan = json.loads((out / "quant_plan.json").read_text())
+    acts = plan["unet"]["activations"]
+    assert acts and all(len(a["per_group"]) == 4 and a["shared"]["scale"] > 0 for a in acts.values())
+    assert all(e["reason"] for e in plan["unet"]["excluded_nodes"])
+    assert '<img src="data:image/png;base64,' in (out / "report.html").read_text()
+
+
+def test_int8_build_runs_without_torch(tiny_build, tmp_path):
+    root, _ = tiny_build
+    png = tmp_path / "q.png"
+    code = (
+        "import sys; from edgeq.cli.main import main; "
+        f"rc = main(['run', {str(root / 'out')!r}, '--prompt', 'a large red circle in the center on a blue background', "
+        f"'-o', {str(png)!r}]); sys.exit(rc or (3 if 'torch' in sys.modules else 0))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert png.stat().st_size > 0
+
+
+def test_rerun_reuses_cached_stages(tiny_build, tmp_path):
+    root, _ = tiny_build
+    shards = sorted((root / "cache").glob("capture-*/shard-*.npz"))
+    stats = sorted((root / "cache").glob("stats-*.npz"))
+    before = {p: p.stat().st_mtime_ns for p in shards + stats}
+    r = cli("quantize", "tiny-sd", "--out", str(tmp_path / "again"), "--cache-dir", str(root / "cache"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "reusing the export" in r.stdout and "reusing statistics" in r.stdout
+    assert {p: p.stat().st_mtime_ns for p in shards + stats} == before
+
+
+def test_same_inputs_give_same_scales(tiny_build, tmp_path):
+    root, _ = tiny_build
+    a = json.loads((root / "out" / "quant_plan.json").read_text())
+    r = cli(
+        "quantize",
+        "tiny-sd",
+        "--out",
+        str(tmp_path / "b"),
+        "--cache-dir",
+        str(tmp_path / "fresh-cache"),
+        "--num-heldout",
+        "2",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    b = json.loads((tmp_path / "b" / "quant_plan.json").read_text())
+    assert a["unet"]["activations"] == b["unet"]["activations"]
+
+
+def test_failed_gate_exits_nonzero_and_keeps_artifacts(tiny_build, tmp_path):
+    root, _ = tiny_build
+    strict = tmp_path / "strict.toml"
+    strict.write_text(
+        (ROOT / "targets" / "ort-cpu.toml").read_text().replace("unet_sqnr_db = 20.0", "unet_sqnr_db = 99.0")
+    )
+    out = tmp_path / "out"
+    r = cli(
+        "build",
+        "tiny-sd",
+        "--target",
+        str(strict),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(root / "cache"),
+        "--num-heldout",
+        "4",
+    )
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "gate failed: unet group" in r.stderr and "sqnr_db" in r.stderr
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--groups", "0"], "--groups must be at least 1"),
+        (["--calib-prompts", "/nonexistent/prompts.txt"], "does not exist"),
+        (["--target", "no-such-target"], "no target profile"),
+    ],
+)
+def test_bad_options(args, message, tmp_path):
+    r = cli("build", "tiny-sd", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+
+
+def test_empty_prompt_file(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    r = cli("calibrate", "tiny-sd", "--calib-prompts", str(empty), "--cache-dir", str(tmp_path / "c"))
+    assert r.returncode == 2 and "has no prompts" in r.stderr
+
+
+def test_interrupted_capture_resumes_and_corrupt_shard_is_named(tiny_exports, tmp_path, monkeypatch):
+    from edgeq.runtime import pipeline as pipeline_mod
+
+    settings = CaptureSettings(("a red cat", "a blue dog", "a cat on a house"), 0, 3, 5.0, "ddim")
+    real = pipeline_mod.Pipeline.generate
+    calls = {"n": 0}
+
+    def flaky(self, o):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, o)
+
+    monkeypatch.setattr(pipeline_mod.Pipeline, "generate", flaky)
+    folder = tmp_path / "cap"
+    with pytest.raises(KeyboardInterrupt):
+        capture(tiny_exports["sd15"], folder, settings)
+    done = sorted(folder.glob("shard-*.npz"))
+    assert [p.name for p in done] == ["shard-00000.npz", "shard-00001.npz"]
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    monkeypatch.setattr(pipeline_mod.Pipeline, "generate", real)
+    cap = capture(tiny_exports["sd15"], folder, settings)
+    assert {p: p.stat().st_mtime_ns for p in done} == stamps
+    samples = list(cap.unet_samples())
+    assert len(samples) == 9 and [s.step for s in samples[:3]] == [0, 1, 2]
+    assert all(np.isfinite(s.feeds["sample"]).all() for s in samples)
+    (folder / "shard-00001.npz").write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(EdgeqError, match="shard-00001.npz is damaged"):
+        list(cap.unet_samples())

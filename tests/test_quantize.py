@@ -1,0 +1,111 @@
+"""Q/DQ placement, the quant plan's per-group graphs, and target profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgeq.errors import EdgeqError
+from edgeq.quantize.insert import qparams, quantize_graph, read_activation_qparams, save_group_graphs
+from edgeq.quantize.policy import decide, summary, tensors_to_calibrate
+from edgeq.quantize.profile import load_profile
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture(scope="module")
+def unet(tiny_exports):
+    path = tiny_exports["sd15"] / "unet" / "model.onnx"
+    policy = load_profile("ort-cpu").policy("unet")
+    graph = onnx.load(str(path)).graph
+    decisions = decide(graph, policy)
+    return path, policy, decisions, tensors_to_calibrate(graph, decisions)
+
+
+def test_placement_matches_golden(unet):
+    """Which node got Q/DQ and why, for the SD1.5-structured UNet under the ort-cpu profile."""
+    _, _, decisions, _ = unet
+    got = summary(decisions)
+    golden = GOLDEN / "sd15_unet_ort_cpu.txt"
+    assert got == golden.read_text(), "placement changed: review, then regenerate tests/golden/sd15_unet_ort_cpu.txt"
+
+
+def test_every_float_node_has_a_reason(unet):
+    _, _, decisions, _ = unet
+    floats = [d for d in decisions if not d.quantized]
+    assert floats and all(d.reason.strip() for d in floats)
+    names = {d.node: d for d in decisions}
+    assert not names["/conv_in/Conv"].quantized and not names["/conv_out/Conv"].quantized
+    attn = [d for d in decisions if d.node.endswith("attn1/MatMul")]
+    assert attn and not any(d.quantized for d in attn)
+
+
+def _ranges(tensors, scale: float) -> dict[str, tuple[float, float]]:
+    rng = np.random.default_rng(len(tensors))
+    return {t: (-scale * float(rng.uniform(0.5, 1.5)), scale * float(rng.uniform(0.5, 1.5))) for t in tensors}
+
+
+def test_patched_group_graph_equals_direct_quantization(unet, tmp_path):
+    """A group graph made by rewriting scales equals the graph ORT quantizes with that group's ranges."""
+    import onnxruntime as ort
+
+    path, policy, decisions, tensors = unet
+    r0, r1 = _ranges(tensors, 2.0), _ranges(tensors, 7.0)
+    base = quantize_graph(path, decisions, policy, r0)
+    names = save_group_graphs(
+        base, [{t: qparams(*r0[t], policy) for t in tensors}, {t: qparams(*r1[t], policy) for t in tensors}], tmp_path
+    )
+    assert names == ["model.g0.onnx", "model.g1.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.g0.onnx", "model.g1.onnx", "model.onnx_data"]
+    direct = quantize_graph(path, decisions, policy, r1)
+    patched = onnx.load(str(tmp_path / "model.g1.onnx"))
+    assert read_activation_qparams(patched, tensors) == read_activation_qparams(direct, tensors)
+    feeds = {
+        "sample": np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32),
+        "timestep": np.array(500.0, np.float32),
+        "encoder_hidden_states": np.random.default_rng(1).standard_normal((2, 77, 32)).astype(np.float32),
+    }
+    a = ort.InferenceSession(str(tmp_path / "model.g1.onnx")).run(None, feeds)[0]
+    b = ort.InferenceSession(direct.SerializeToString()).run(None, feeds)[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_quantization_is_deterministic(unet):
+    path, policy, decisions, tensors = unet
+    r = _ranges(tensors, 3.0)
+    a = quantize_graph(path, decisions, policy, r).SerializeToString()
+    b = quantize_graph(path, decisions, policy, r).SerializeToString()
+    assert a == b
+
+
+def test_weights_are_int8_per_channel(unet):
+    path, policy, decisions, tensors = unet
+    model = quantize_graph(path, decisions, policy, _ranges(tensors, 1.0))
+    inits = {i.name: i for i in model.graph.initializer}
+    conv_w = [
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and inits[n.input[0]].data_type == onnx.TensorProto.INT8
+    ]
+    assert conv_w
+    zps = [numpy_helper.to_array(inits[n.input[2]]) for n in conv_w if len(n.input) > 2 and n.input[2] in inits]
+    assert all((z == 0).all() for z in zps)  # symmetric weights
+    assert any(numpy_helper.to_array(inits[n.input[1]]).size > 1 for n in conv_w)  # per channel
+
+
+def test_profile_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[unet]\nmode = "int8"\nexclude = [{ pattern = "conv_in", reason = "" }]\n')
+    with pytest.raises(EdgeqError, match="has no reason"):
+        load_profile(str(bad))
+    bad.write_text('name = "x"\n[unet]\nmode = "int8"\nbogus = 1\n')
+    with pytest.raises(EdgeqError, match="unknown keys"):
+        load_profile(str(bad))
+    with pytest.raises(EdgeqError, match="no target profile"):
+        load_profile("nonexistent-target")
