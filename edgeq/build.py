@@ -250,9 +250,10 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVar
             location="model.onnx_data",
             size_threshold=1024,
         )
+        del base
         if len(groups) > 1:
-            params = [{t: qparams(*r[t], cal.policy) for t in cal.tensors} for r in per_group]
-            save_group_graphs(base, params, root / "per-group")
+            save_group_graphs(lambda g: quantize_graph(fp32, cal.decisions, cal.policy, per_group[g]), len(groups),
+                              root / "per-group")
         (root / "done").write_text("ok\n")
     ctx.timings["quantize_unet_s"] = round(time.time() - t0, 1)
     shared_model = onnx.load(str(root / "shared" / "model.onnx"), load_external_data=True)

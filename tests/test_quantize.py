@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize.insert import qparams, quantize_graph, read_activation_qparams, save_group_graphs
+from edgeq.quantize.insert import quantize_graph, read_activation_qparams, save_group_graphs
 from edgeq.quantize.policy import decide, summary, tensors_to_calibrate
 from edgeq.quantize.profile import load_profile
 
@@ -49,21 +49,32 @@ def _ranges(tensors, scale: float) -> dict[str, tuple[float, float]]:
     return {t: (-scale * float(rng.uniform(0.5, 1.5)), scale * float(rng.uniform(0.5, 1.5))) for t in tensors}
 
 
-def test_patched_group_graph_equals_direct_quantization(unet, tmp_path):
-    """A group graph made by rewriting scales equals the graph ORT quantizes with that group's ranges."""
+def test_group_graph_sharing_weights_equals_direct_quantization(unet, tmp_path):
+    """A group graph whose weights live in the shared file runs exactly like ORT's own quantization."""
     import onnxruntime as ort
 
     path, policy, decisions, tensors = unet
     r0, r1 = _ranges(tensors, 2.0), _ranges(tensors, 7.0)
-    base = quantize_graph(path, decisions, policy, r0)
-    names = save_group_graphs(
-        base, [{t: qparams(*r0[t], policy) for t in tensors}, {t: qparams(*r1[t], policy) for t in tensors}], tmp_path
-    )
+    ranges = [r0, r1]
+    names = save_group_graphs(lambda g: quantize_graph(path, decisions, policy, ranges[g]), 2, tmp_path)
     assert names == ["model.g0.onnx", "model.g1.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.g0.onnx", "model.g1.onnx", "model.onnx_data"]
     direct = quantize_graph(path, decisions, policy, r1)
     patched = onnx.load(str(tmp_path / "model.g1.onnx"))
     assert read_activation_qparams(patched, tensors) == read_activation_qparams(direct, tensors)
+    assert read_activation_qparams(patched, tensors) != read_activation_qparams(
+        onnx.load(str(tmp_path / "model.g0.onnx")), tensors
+    )
+    # the group graph stores no large tensor of its own: the int8 weights are read from the shared file
+    shell = onnx.load(str(tmp_path / "model.g1.onnx"), load_external_data=False)
+    internal = [
+        i.name
+        for i in shell.graph.initializer
+        if i.data_location != onnx.TensorProto.EXTERNAL and len(i.raw_data) > 1024
+    ]
+    external = [i for i in shell.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+    assert not internal and external
+    assert {d.value for i in external for d in i.external_data if d.key == "location"} == {"model.onnx_data"}
     feeds = {
         "sample": np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32),
         "timestep": np.array(500.0, np.float32),

@@ -4,10 +4,9 @@ ORT's ``QDQQuantizer`` places the Q/DQ nodes (the same code ``quantize_static`` 
 calibrator); edgeq hands it the ranges from its streaming, timestep-grouped statistics and the node
 list from the profile's policy, so ORT's memory-hungry calibrator never runs.
 
-Per-group graphs differ only in activation scales and zero points: group 0 is quantized once and
-saved with its weights in one external data file; every other group's graph is the same proto with
-its ``<tensor>_scale`` / ``<tensor>_zero_point`` initializers recomputed by ORT's ``compute_scale_zp``
-and pointing at the same weights file, so the weights are stored once.
+Per-group graphs differ only in activation scales, zero points and the int32 biases that depend on
+them: each is quantized by ORT, and their identical int8 weights are stored once (see
+:func:`save_group_graphs`).
 """
 
 from __future__ import annotations
@@ -92,18 +91,6 @@ def quantize_graph(
     return out
 
 
-def set_activation_qparams(model: onnx.ModelProto, params: dict[str, QParams]) -> None:
-    """Rewrite the scale / zero point initializers of each activation tensor in place."""
-    inits = {i.name: i for i in model.graph.initializer}
-    for t, p in params.items():
-        s, z = inits.get(f"{t}_scale"), inits.get(f"{t}_zero_point")
-        if s is None or z is None:
-            continue  # ORT did not quantize this tensor (for example an output nobody reads as int8)
-        zdtype = numpy_helper.to_array(z).dtype
-        s.CopyFrom(numpy_helper.from_array(np.array(p.scale, np.float32), s.name))
-        z.CopyFrom(numpy_helper.from_array(np.array(p.zero_point, zdtype), z.name))
-
-
 def read_activation_qparams(model: onnx.ModelProto, tensors: list[str]) -> dict[str, tuple[float, int]]:
     inits = {i.name: i for i in model.graph.initializer}
     out = {}
@@ -148,26 +135,37 @@ def weight_summary(model: onnx.ModelProto) -> list[dict]:
     return out
 
 
-def save_group_graphs(
-    base: onnx.ModelProto, per_group: list[dict[str, QParams]], folder: Path, stem: str = "model"
-) -> list[str]:
-    """Group graphs sharing one weights file: ``model.g0.onnx`` ... and ``model.onnx_data``."""
+def save_group_graphs(make_model, n_groups: int, folder: Path, stem: str = "model") -> list[str]:
+    """Group graphs sharing one weights file: ``model.g0.onnx`` ... and ``model.onnx_data``.
+
+    ``make_model(g)`` returns group g's Q/DQ model, quantized by ORT itself, so activation scales and
+    the int32 biases that depend on them are exactly what ORT computes. Group 0 is saved with its
+    tensors in the weights file; in every other group, a tensor byte-identical to group 0's (all
+    the int8 weights) points at the same bytes of that file, and only tensors that differ (biases,
+    scales) are stored in the group's own graph.
+    """
+    import hashlib
+
     folder.mkdir(parents=True, exist_ok=True)
-    names = []
-    set_activation_qparams(base, per_group[0])
-    first = folder / f"{stem}.g0.onnx"
-    onnx.save_model(
-        base,
-        str(first),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=WEIGHTS_FILE,
-        size_threshold=1024,
-    )
-    names.append(first.name)
-    shell = onnx.load(str(first), load_external_data=False)  # large tensors now reference the shared file
-    for g, params in enumerate(per_group[1:], start=1):
-        set_activation_qparams(shell, params)
-        onnx.save_model(shell, str(folder / f"{stem}.g{g}.onnx"))
+    first = make_model(0)
+    digests = {i.name: hashlib.sha256(numpy_helper.to_array(i).tobytes()).digest() for i in first.graph.initializer}
+    onnx.save_model(first, str(folder / f"{stem}.g0.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=WEIGHTS_FILE, size_threshold=1024)
+    del first
+    shell = onnx.load(str(folder / f"{stem}.g0.onnx"), load_external_data=False)
+    external = {i.name: list(i.external_data) for i in shell.graph.initializer
+                if i.data_location == onnx.TensorProto.EXTERNAL}
+    names = [f"{stem}.g0.onnx"]
+    for g in range(1, n_groups):
+        model = make_model(g)
+        for init in model.graph.initializer:
+            if init.name in external and hashlib.sha256(numpy_helper.to_array(init).tobytes()).digest() == digests[init.name]:
+                init.ClearField("raw_data")
+                for field_name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+                    init.ClearField(field_name)
+                init.data_location = onnx.TensorProto.EXTERNAL
+                del init.external_data[:]
+                init.external_data.extend(external[init.name])
+        onnx.save_model(model, str(folder / f"{stem}.g{g}.onnx"))
         names.append(f"{stem}.g{g}.onnx")
     return names
