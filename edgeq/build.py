@@ -222,7 +222,6 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVar
     import onnx
 
     from edgeq.quantize.insert import (
-        qparams,
         quantize_graph,
         read_activation_qparams,
         save_group_graphs,
@@ -252,12 +251,28 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVar
         )
         del base
         if len(groups) > 1:
-            save_group_graphs(lambda g: quantize_graph(fp32, cal.decisions, cal.policy, per_group[g]), len(groups),
-                              root / "per-group")
+            save_group_graphs(
+                lambda g: quantize_graph(fp32, cal.decisions, cal.policy, per_group[g]), len(groups), root / "per-group"
+            )
         (root / "done").write_text("ok\n")
     ctx.timings["quantize_unet_s"] = round(time.time() - t0, 1)
     shared_model = onnx.load(str(root / "shared" / "model.onnx"), load_external_data=True)
     shared_q = read_activation_qparams(shared_model, cal.tensors)
+    group_q = (
+        [shared_q]
+        if len(groups) == 1
+        else [
+            read_activation_qparams(
+                onnx.load(str(root / "per-group" / f"model.g{g}.onnx"), load_external_data=False), cal.tensors
+            )
+            for g in range(len(groups))
+        ]
+    )
+
+    def entry(rng: tuple[float, float], q: dict, t: str) -> dict:
+        scale, zp = q.get(t, (None, None))
+        return {"rmin": rng[0], "rmax": rng[1], "scale": scale, "zero_point": zp}
+
     plan = {
         "component": "unet",
         "range_method": method,
@@ -265,13 +280,8 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVar
         "groups": [g.to_dict() for g in groups],
         "activations": {
             t: {
-                "shared": {
-                    "rmin": shared[t][0],
-                    "rmax": shared[t][1],
-                    "scale": shared_q.get(t, (None, None))[0],
-                    "zero_point": shared_q.get(t, (None, None))[1],
-                },
-                "per_group": [asdict(qparams(*per_group[g][t], cal.policy)) for g in range(len(groups))],
+                "shared": entry(shared[t], shared_q, t),
+                "per_group": [entry(per_group[g][t], group_q[g], t) for g in range(len(groups))],
             }
             for t in cal.tensors
         },
@@ -327,16 +337,6 @@ def quantize_single(ctx: Context, cal: ComponentCalibration) -> tuple[Path, dict
         ],
     }
     return root, plan
-
-
-def _copy_graph(src_dir: Path, files: list[str], dst_dir: Path) -> list[Path]:
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    out = []
-    for f in files:
-        if (src_dir / f).is_file():
-            shutil.copy2(src_dir / f, dst_dir / f)
-            out.append(dst_dir / f)
-    return out
 
 
 def build(opts: BuildOptions, until: str | None = None, log=print):

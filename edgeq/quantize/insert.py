@@ -11,7 +11,6 @@ them: each is quantized by ORT, and their identical int8 weights are stored once
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,32 +24,10 @@ WEIGHTS_FILE = "model.onnx_data"
 _QTYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
 
 
-@dataclass(frozen=True)
-class QParams:
-    rmin: float
-    rmax: float
-    scale: float
-    zero_point: int
-
-
 def _qtype(name: str):
     from onnxruntime.quantization.quant_utils import QuantType
 
     return getattr(QuantType, _QTYPES[name])
-
-
-def qparams(rmin: float, rmax: float, policy: ComponentPolicy) -> QParams:
-    """Scale and zero point exactly as ORT computes them for an activation range."""
-    from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
-
-    qt = _qtype(policy.activation_type)
-    qmin, qmax = get_qmin_qmax_for_qType(qt.tensor_type, symmetric=policy.activation_symmetric)
-    lo, hi = np.array(rmin, np.float32), np.array(rmax, np.float32)
-    if policy.activation_symmetric:
-        a = np.maximum(np.abs(lo), np.abs(hi))
-        lo, hi = -a, a
-    zp, scale = compute_scale_zp(lo, hi, qmin, qmax, symmetric=policy.activation_symmetric)
-    return QParams(float(lo), float(hi), float(scale), int(zp))
 
 
 def quantize_graph(
@@ -149,19 +126,36 @@ def save_group_graphs(make_model, n_groups: int, folder: Path, stem: str = "mode
     folder.mkdir(parents=True, exist_ok=True)
     first = make_model(0)
     digests = {i.name: hashlib.sha256(numpy_helper.to_array(i).tobytes()).digest() for i in first.graph.initializer}
-    onnx.save_model(first, str(folder / f"{stem}.g0.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=WEIGHTS_FILE, size_threshold=1024)
+    onnx.save_model(
+        first,
+        str(folder / f"{stem}.g0.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=WEIGHTS_FILE,
+        size_threshold=1024,
+    )
     del first
     shell = onnx.load(str(folder / f"{stem}.g0.onnx"), load_external_data=False)
-    external = {i.name: list(i.external_data) for i in shell.graph.initializer
-                if i.data_location == onnx.TensorProto.EXTERNAL}
+    external = {
+        i.name: list(i.external_data) for i in shell.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL
+    }
     names = [f"{stem}.g0.onnx"]
     for g in range(1, n_groups):
         model = make_model(g)
         for init in model.graph.initializer:
-            if init.name in external and hashlib.sha256(numpy_helper.to_array(init).tobytes()).digest() == digests[init.name]:
+            if (
+                init.name in external
+                and hashlib.sha256(numpy_helper.to_array(init).tobytes()).digest() == digests[init.name]
+            ):
                 init.ClearField("raw_data")
-                for field_name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+                for field_name in (
+                    "float_data",
+                    "int32_data",
+                    "int64_data",
+                    "double_data",
+                    "uint64_data",
+                    "string_data",
+                ):
                     init.ClearField(field_name)
                 init.data_location = onnx.TensorProto.EXTERNAL
                 del init.external_data[:]
