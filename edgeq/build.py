@@ -197,13 +197,16 @@ def make_groups(ctx: Context, stats: Stats) -> list[Group]:
 def choose_ranges(cal: ComponentCalibration, groups: list[Group], method: str) -> tuple[list[dict], dict]:
     """Per-group ranges and the one shared range of every tensor."""
     sym = cal.policy.activation_symmetric
+    bits = 16 if "16" in cal.policy.activation_type else 8
     per_group: list[dict[str, tuple[float, float]]] = [{} for _ in groups]
     shared: dict[str, tuple[float, float]] = {}
     for t in cal.tensors:
         hists = [cal.stats.group(t, g.steps) for g in groups]
         for g, h in enumerate(hists):
-            per_group[g][t] = tuple(float(v) for v in select_range(h, method, sym))
-        shared[t] = tuple(float(v) for v in select_shared_range(hists, [len(g.steps) for g in groups], method, sym))
+            per_group[g][t] = tuple(float(v) for v in select_range(h, method, sym, bits=bits))
+        shared[t] = tuple(
+            float(v) for v in select_shared_range(hists, [len(g.steps) for g in groups], method, sym, bits)
+        )
     return per_group, shared
 
 
@@ -302,12 +305,18 @@ def quantize_single(ctx: Context, cal: ComponentCalibration) -> tuple[Path, dict
     from edgeq.quantize.insert import quantize_graph, read_activation_qparams, weight_summary
 
     method = ctx.opts.range_method or cal.policy.range_method
+    bits = 16 if "16" in cal.policy.activation_type else 8
     ranges = {
-        t: tuple(float(v) for v in select_range(cal.stats.group(t, [0]), method, cal.policy.activation_symmetric))
+        t: tuple(
+            float(v) for v in select_range(cal.stats.group(t, [0]), method, cal.policy.activation_symmetric, bits=bits)
+        )
         for t in cal.tensors
     }
     fp32 = ctx.export_dir / ctx.export_manifest["components"][cal.name]["path"]
-    root = ctx.cache / f"quant-{cal.name}-{_key(ctx.export_manifest['cache_key'], asdict(cal.policy), method, ranges)}"
+    key = _key(
+        ctx.export_manifest["cache_key"], library_versions().get("onnxruntime"), asdict(cal.policy), method, ranges
+    )
+    root = ctx.cache / f"quant-{cal.name}-{key}"
     if not (root / "done").is_file():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
@@ -348,7 +357,7 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
     from edgeq.targets import get_target
 
     t_start = time.time()
-    target = get_target(opts.target)
+    target = get_target(load_profile(opts.target).name)
     ctx = prepare(opts, log)
     cal_cap = capture_set(ctx, "calibration")
     cals = calibrate(ctx, cal_cap, log)
@@ -387,6 +396,7 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
             },
         )
         (stage / "quant_summary.txt").write_text("".join(summary(c.decisions) for c in cals.values() if c.decisions))
+        files += [stage / "quant_plan.json", stage / "quant_summary.txt"]
         manifest = _manifest(ctx, stage, files, components, unet_info, chosen, status="unchecked")
         manifest["build_options"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()}
         manifest["cache_dir"] = str(ctx.cache.resolve())

@@ -192,3 +192,35 @@ def test_interrupted_capture_resumes_and_corrupt_shard_is_named(tiny_exports, tm
     (folder / "shard-00001.npz").write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(EdgeqError, match="shard-00001.npz is damaged"):
         list(cap.unet_samples())
+
+
+def test_float_vae_profile_and_custom_profile_path(tiny_models, tmp_path):
+    """A profile file given by path, keeping the VAE decoder in FP32: packaged as exported."""
+    prof = tmp_path / "ort-cpu-fp32-vae.toml"
+    text = (ROOT / "targets" / "ort-cpu.toml").read_text()
+    start = text.index("[vae_decoder]")
+    end = text.index("[text_encoder]")
+    prof.write_text(text[:start] + '[vae_decoder]\nmode = "float"\nreason = "kept FP32 for this test"\n\n' + text[end:])
+    out = tmp_path / "out"
+    r = cli(
+        "build",
+        str(tiny_models["sd15"]),
+        "--target",
+        str(prof),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--num-calib",
+        "3",
+        "--num-heldout",
+        "2",
+        "--groups",
+        "2",
+    )
+    assert r.returncode in (0, 3), r.stderr[-2000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["components"]["vae_decoder"]["precision"] == "fp32"
+    assert not any(g["component"] == "vae_decoder" for g in m["gates"])
+    for rel in ("vae_decoder/model.onnx", "vae_decoder/config.json", "model_index.json", "quant_plan.json"):
+        assert rel in m["artifacts"], rel

@@ -120,3 +120,12 @@ def test_profile_errors(tmp_path):
         load_profile(str(bad))
     with pytest.raises(EdgeqError, match="no target profile"):
         load_profile("nonexistent-target")
+    for body, message in [
+        ('[unet]\nmode = "int8"\nrange_method = "mse2"\n', "range_method"),
+        ('[unet]\nmode = "int8"\nexclude = [{ pattern = "(", reason = "x" }]\n', "not a valid regular expression"),
+        ('[unet]\nmode = "int8"\nexclude = [{ reason = "x" }]\n', "has no pattern"),
+        ("[gates]\nunet_sqnr = 3\n", "unknown keys in \\[gates\\]"),
+    ]:
+        bad.write_text('name = "x"\n' + body)
+        with pytest.raises(EdgeqError, match=message):
+            load_profile(str(bad))

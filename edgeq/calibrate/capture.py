@@ -33,6 +33,7 @@ class CaptureSettings:
     guidance: float
     scheduler: str
     negative_prompt: str = ""
+    source: str = ""  # the FP32 export's cache key: shards of another export are never reused
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,13 @@ def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "c
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / INDEX
     want = asdict(settings) | {"prompts": list(settings.prompts)}
-    if index_path.is_file():
-        old = json.loads(index_path.read_text())
-        if old.get("settings") != want:
-            for f in folder.glob("shard-*.npz"):
-                f.unlink()
+    try:
+        old = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    except json.JSONDecodeError:
+        old = {}
+    if old.get("settings") != want:  # other settings, or shards of unknown origin: start afresh
+        for f in folder.glob("shard-*.npz"):
+            f.unlink()
     pipe = Pipeline(build)
     write_json(index_path, {"settings": want, "complete": False})
     timesteps: list[float] = []

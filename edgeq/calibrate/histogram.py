@@ -113,16 +113,18 @@ def _qparams(rmin: float, rmax: float, symmetric: bool, bits: int = 8) -> tuple[
     return scale, float(np.round(-rmin / scale)), 0, qmax
 
 
-def expected_mse(h: Hist, rmin: float, rmax: float, symmetric: bool) -> float:
+def expected_mse(h: Hist, rmin: float, rmax: float, symmetric: bool, bits: int = 8) -> float:
     """Mean squared quantization error of the histogram's values for the range [rmin, rmax]."""
-    scale, zp, qmin, qmax = _qparams(rmin, rmax, symmetric)
+    scale, zp, qmin, qmax = _qparams(rmin, rmax, symmetric, bits)
     c = h.centers()
     q = np.clip(np.round(c / scale) + zp, qmin, qmax)
     err = (c - (q - zp) * scale) ** 2
     return float((h.counts * err).sum() / max(h.n, 1))
 
 
-def select_range(h: Hist, method: str, symmetric: bool, percentile: float = 99.99) -> tuple[float, float]:
+def select_range(
+    h: Hist, method: str, symmetric: bool, percentile: float = 99.99, bits: int = 8
+) -> tuple[float, float]:
     """The activation range [rmin, rmax] a method picks from a histogram."""
     if h.n == 0:
         raise ValueError("no data")
@@ -148,7 +150,7 @@ def select_range(h: Hist, method: str, symmetric: bool, percentile: float = 99.9
         best, best_r = np.inf, (lo, hi)
         for alpha in np.linspace(0.05, 1.0, 96):
             r = (lo * alpha, hi * alpha)
-            e = expected_mse(h, r[0], r[1], symmetric)
+            e = expected_mse(h, r[0], r[1], symmetric, bits)
             if e < best - 1e-18:
                 best, best_r = e, r
         return best_r
@@ -156,6 +158,18 @@ def select_range(h: Hist, method: str, symmetric: bool, percentile: float = 99.9
         t = _entropy_threshold(h)
         return (-t, t) if symmetric else (max(lo, -t), min(hi, t))
     raise ValueError(f"unknown range method {method!r}; choose from {METHODS}")
+
+
+def _smooth(p: np.ndarray, eps: float = 1e-4) -> np.ndarray | None:
+    """Give empty bins a little mass taken from the others (as TensorRT and ORT do before KL)."""
+    zero = p == 0
+    nz = (~zero).sum()
+    if nz == 0:
+        return None
+    p = p.astype(np.float64).copy()
+    p[zero] = eps
+    p[~zero] -= eps * zero.sum() / nz
+    return p if (p > 0).all() else None
 
 
 def _entropy_threshold(h: Hist, levels: int = 128) -> float:
@@ -169,26 +183,27 @@ def _entropy_threshold(h: Hist, levels: int = 128) -> float:
         return last * w
     best_kl, best_i = np.inf, last
     for i in range(levels, last + 1, max(1, (last - levels) // 256)):
-        p = folded[:i].astype(np.float64).copy()
-        p[-1] += folded[i:].sum()
-        chunks = np.array_split(np.arange(i), levels)
+        sliced = folded[:i].astype(np.float64)
+        p = sliced.copy()
+        p[-1] += folded[i:].sum()  # outliers clipped into the last bin
+        mask = p > 0
         q = np.zeros(i)
-        for ch in chunks:
-            src = folded[ch].astype(np.float64)
-            nonzero = src > 0
-            if nonzero.any():
-                q[ch[nonzero]] = src.sum() / nonzero.sum()
-        pm, qm = p > 0, q > 0
-        if not (pm & ~qm).any():
-            ps, qs = p[pm] / p.sum(), q[pm] / q.sum()
-            kl = float((ps * np.log(ps / qs)).sum())
-            if kl < best_kl:
-                best_kl, best_i = kl, i
+        for ch in np.array_split(np.arange(i), levels):
+            k = mask[ch].sum()
+            if k:
+                q[ch[mask[ch]]] = sliced[ch].sum() / k
+        ps, qs = _smooth(p), _smooth(q)
+        if ps is None or qs is None:
+            continue
+        ps, qs = ps / ps.sum(), qs / qs.sum()
+        kl = float((ps * np.log(ps / qs)).sum())
+        if kl < best_kl:
+            best_kl, best_i = kl, i
     return best_i * w
 
 
 def select_shared_range(
-    group_hists: list[Hist], weights: list[float], method: str, symmetric: bool
+    group_hists: list[Hist], weights: list[float], method: str, symmetric: bool, bits: int = 8
 ) -> tuple[float, float]:
     """One range for all groups, minimising the step-weighted relative quantization error.
 
@@ -197,7 +212,7 @@ def select_shared_range(
     choice by ``method`` and the merged histogram's range scaled by 0.05..1.
     """
     merged = merge_all(group_hists)
-    cands = [select_range(h, method, symmetric) for h in group_hists if h.n]
+    cands = [select_range(h, method, symmetric, bits=bits) for h in group_hists if h.n]
     lo, hi = merged.lo, merged.hi
     if symmetric:
         a = max(abs(lo), abs(hi))
@@ -207,7 +222,7 @@ def select_shared_range(
 
     def objective(r: tuple[float, float]) -> float:
         return sum(
-            w * expected_mse(h, r[0], r[1], symmetric) / p for h, w, p in zip(group_hists, weights, powers) if h.n
+            w * expected_mse(h, r[0], r[1], symmetric, bits) / p for h, w, p in zip(group_hists, weights, powers) if h.n
         )
 
     return min(cands, key=objective)

@@ -76,24 +76,52 @@ class Profile:
 
 def _component(name: str, d: dict[str, Any], path: Path) -> ComponentPolicy:
     d = dict(d)
-    excl = tuple(Exclusion(e["pattern"], e["reason"]) for e in d.pop("exclude", []))
-    for e in excl:
-        if not e.reason.strip():
+    excl = []
+    for e in d.pop("exclude", []):
+        if not isinstance(e, dict) or not str(e.get("pattern", "")).strip():
             raise EdgeqError(
-                f"{path}: exclusion '{e.pattern}' in [{name}] has no reason", "every exclusion needs a reason"
+                f"{path}: an exclusion in [{name}] has no pattern", 'write { pattern = "...", reason = "..." }'
             )
+        if not str(e.get("reason", "")).strip():
+            raise EdgeqError(
+                f"{path}: exclusion '{e['pattern']}' in [{name}] has no reason", "every exclusion needs a reason"
+            )
+        try:
+            re.compile(e["pattern"])
+        except re.error as err:
+            raise EdgeqError(
+                f"{path}: exclusion pattern {e['pattern']!r} in [{name}] is not a valid regular expression ({err})"
+            ) from None
+        excl.append(Exclusion(e["pattern"], e["reason"]))
     if "op_types" in d:
         d["op_types"] = tuple(d["op_types"])
     unknown = set(d) - set(ComponentPolicy.__dataclass_fields__)
     if unknown:
         raise EdgeqError(f"{path}: unknown keys in [{name}]: {', '.join(sorted(unknown))}")
-    pol = ComponentPolicy(exclude=excl, **d)
+    pol = ComponentPolicy(exclude=tuple(excl), **d)
     if pol.mode not in ("int8", "float"):
         raise EdgeqError(f"{path}: [{name}] mode must be int8 or float, not {pol.mode!r}")
     for t in (pol.activation_type, pol.weight_type):
         if t not in TYPES:
             raise EdgeqError(f"{path}: [{name}] type {t!r} is not one of {', '.join(TYPES)}")
+    from edgeq.calibrate.histogram import METHODS
+
+    if pol.range_method not in METHODS:
+        raise EdgeqError(f"{path}: [{name}] range_method {pol.range_method!r} is not one of {', '.join(METHODS)}")
+    if pol.activation_matmul not in ("float", "int8"):
+        raise EdgeqError(f"{path}: [{name}] activation_matmul must be float or int8, not {pol.activation_matmul!r}")
     return pol
+
+
+def _section(cls, raw: dict[str, Any], key: str, path: Path):
+    d = raw.get(key, {})
+    unknown = set(d) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise EdgeqError(
+            f"{path}: unknown keys in [{key}]: {', '.join(sorted(unknown))}",
+            f"known: {', '.join(cls.__dataclass_fields__)}",
+        )
+    return cls(**d)
 
 
 def load_profile(target: str) -> Profile:
@@ -115,8 +143,8 @@ def load_profile(target: str) -> Profile:
         description=raw.get("description", ""),
         runtime=raw.get("runtime", "onnxruntime"),
         components=comps,
-        gates=Gates(**raw.get("gates", {})),
-        calibration=CalibrationDefaults(**raw.get("calibration", {})),
+        gates=_section(Gates, raw, "gates", path),
+        calibration=_section(CalibrationDefaults, raw, "calibration", path),
         path=path,
         raw=raw,
     )

@@ -12,9 +12,10 @@ def copy_pipeline_files(export_dir: Path, export_manifest: dict[str, Any], stage
     for tok in export_manifest["tokenizers"].values():
         src = export_dir / Path(tok["path"]).parent
         shutil.copytree(src, stage / src.name)
-        out.append(stage / tok["path"])
+        out += sorted((stage / src.name).iterdir())
     shutil.copytree(export_dir / "scheduler", stage / "scheduler")
     shutil.copy2(export_dir / "model_index.json", stage / "model_index.json")
+    out += [stage / "scheduler" / "scheduler_config.json", stage / "model_index.json"]
     return out
 
 

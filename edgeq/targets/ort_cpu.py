@@ -26,19 +26,26 @@ def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[li
             files += f
             components[name] = info
     for name in ("unet", "vae_decoder"):
+        quantized = unet is not None if name == "unet" else vae_dir is not None
+        if not quantized:
+            f, base = copy_component(ctx.export_dir, em, name, stage)
+            files += f
+            components[name] = {**base, "runtime": "onnxruntime"}
+            continue
         base = dict(em["components"][name])
         base.pop("validation", None)
         dst = stage / name
         dst.mkdir()
         shutil.copy2(ctx.export_dir / name / "config.json", dst / "config.json")
-        if name == "unet" and unet is not None and mode == "per-group":
+        files.append(dst / "config.json")
+        if name == "unet" and mode == "per-group":
             for p in sorted(unet.per_group_dir.iterdir()):
                 shutil.copy2(p, dst / p.name)
                 files.append(dst / p.name)
             base.pop("path")
             base["graphs"] = [{"path": f"unet/model.g{g.index}.onnx", **g.to_dict()} for g in unet.groups]
             base["precision"] = "int8 (W8A8 Q/DQ), one graph per timestep group"
-        elif (name == "unet" and unet is not None) or (name == "vae_decoder" and vae_dir is not None):
+        else:
             src = unet.shared_dir if name == "unet" else vae_dir
             for p in sorted(src.iterdir()):
                 if p.suffix == ".onnx" or p.name.endswith(".onnx_data"):
@@ -46,10 +53,6 @@ def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[li
                     files.append(dst / p.name)
             base["path"] = f"{name}/model.onnx"
             base["precision"] = "int8 (W8A8 Q/DQ)"
-        else:
-            dst.rmdir()
-            f, base = copy_component(ctx.export_dir, em, name, stage)
-            files += f
         base["runtime"] = "onnxruntime"
         components[name] = base
     return files, components

@@ -83,8 +83,9 @@ def sqnr_plot(variants: dict[str, list[dict]], threshold: float) -> np.ndarray:
     W, H, pad = 560, 300, 40
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
-    modes = list(variants)
+    modes = [m for m in variants if variants[m]]
     if not modes:
+        d.text((40, 140), "UNet kept float: no per-group SQNR to plot", fill="black")
         return np.asarray(img)
     n = len(variants[modes[0]])
     vals = [r["sqnr_db"] for m in modes for r in variants[m] if np.isfinite(r["sqnr_db"])] + [threshold]
