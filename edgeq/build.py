@@ -132,7 +132,9 @@ def capture_set(ctx: Context, which: str) -> Capture:
     p = ctx.export_manifest["pipeline"]
     prompts = ctx.prompts(which)
     seed = ctx.opts.seed if which == "calibration" else HELDOUT_SEED
-    settings = CaptureSettings(tuple(prompts), seed, p["steps"], p["guidance"], p["scheduler"])
+    settings = CaptureSettings(
+        tuple(prompts), seed, p["steps"], p["guidance"], p["scheduler"], source=ctx.export_manifest["cache_key"]
+    )
     t0 = time.time()
     cap = capture(
         ctx.export_dir, ctx.cache / f"capture-{which}-{_key(asdict(settings))}", settings, desc=f"capture {which}"

@@ -25,10 +25,8 @@ def copy_component(
     """A component kept in FP32: its graph (and external data) copied as exported."""
     info = dict(export_manifest["components"][name])
     src = export_dir / Path(info["path"]).parent
-    shutil.copytree(src, stage / src.name)
-    files = [
-        p for p in (stage / src.name).iterdir() if p.suffix in (".onnx", ".onnx_data") or p.name.endswith(".onnx_data")
-    ]
+    shutil.copytree(src, stage / src.name, ignore=shutil.ignore_patterns(".*"))  # no leftover temp files
+    files = sorted((stage / src.name).iterdir())
     info["precision"] = "fp32"
     info.pop("validation", None)
     return files, info
