@@ -355,7 +355,7 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
 
     Returns (report or None, build folder or None).
     """
-    from edgeq.runtime.sessions import GroupedRunner, OrtRunner
+    from edgeq.runtime.sessions import OrtRunner
     from edgeq.targets import get_target
 
     t_start = time.time()
@@ -377,10 +377,16 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
         t0 = time.time()
         fp32_unet = OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"])
         unet.metrics["shared"] = unet_groups(
-            fp32_unet, OrtRunner(unet.shared_dir / "model.onnx"), held_cap, groups, "check unet (shared)"
+            fp32_unet,
+            target.unet_runner(ctx, [(unet.shared_dir / "model.onnx", groups[0])]),
+            held_cap,
+            groups,
+            "check unet (shared)",
         )
         if unet.per_group_dir is not None:
-            runner = GroupedRunner([(unet.per_group_dir / f"model.g{i}.onnx", gr) for i, gr in enumerate(groups)])
+            runner = target.unet_runner(
+                ctx, [(unet.per_group_dir / f"model.g{i}.onnx", gr) for i, gr in enumerate(groups)]
+            )
             unet.metrics["per-group"] = unet_groups(fp32_unet, runner, held_cap, groups, "check unet (per-group)")
         ctx.timings["check_unet_s"] = round(time.time() - t0, 1)
         chosen = _choose_mode(ctx, unet)

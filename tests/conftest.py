@@ -27,3 +27,9 @@ def tiny_exports(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("exports")
     return {f: export(resolve(str(p)), root / f, log=lambda *_: None).folder for f, p in tiny_models.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_cache(tmp_path_factory) -> Path:
+    """One cache folder for every tiny-sd build in the session: export, captures and statistics are shared."""
+    return tmp_path_factory.mktemp("tiny-sd-cache")

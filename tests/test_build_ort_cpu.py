@@ -27,8 +27,9 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tiny_build(tmp_path_factory):
+def tiny_build(tmp_path_factory, tiny_sd_cache):
     root = tmp_path_factory.mktemp("tinybuild")
+    (root / "cache").symlink_to(tiny_sd_cache, target_is_directory=True)
     r = cli("build", "tiny-sd", "--target", "ort-cpu", "--out", str(root / "out"), "--cache-dir", str(root / "cache"))
     return root, r
 

@@ -70,6 +70,11 @@ class Profile:
     path: Path = field(default=Path())
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def runtime_options(self) -> dict[str, Any]:
+        """The profile's section named after its runtime (device, precision hints, ...)."""
+        return dict(self.raw.get(self.runtime, {}))
+
     def policy(self, component: str) -> ComponentPolicy:
         return self.components.get(component, ComponentPolicy(mode="float", reason="not named in the profile"))
 

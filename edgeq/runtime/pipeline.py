@@ -26,7 +26,7 @@ RunnerFactory = Callable[[Path, dict[str, Any]], Runner]
 def default_runner(build: Path, info: dict[str, Any]) -> Runner:
     """ONNX Runtime: one graph, or one graph per timestep group (``info["graphs"]``)."""
     if "graphs" in info:
-        return GroupedRunner([(build / g["path"], g) for g in info["graphs"]])
+        return GroupedRunner([(OrtRunner(build / g["path"]), g) for g in info["graphs"]])
     return OrtRunner(build / info["path"])
 
 

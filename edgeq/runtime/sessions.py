@@ -40,12 +40,12 @@ class OrtRunner:
 class GroupedRunner:
     """Per-group UNet graphs: each call runs the graph of the group whose timestep interval is nearest."""
 
-    def __init__(self, graphs: list[tuple[Path, dict]], threads: int | None = None):
+    def __init__(self, runners: list[tuple[Runner, dict]]):
         from edgeq.calibrate.grouping import group_for
 
         self._group_for = group_for
-        self.groups = [g for _, g in graphs]
-        self.runners = [OrtRunner(p, threads) for p, _ in graphs]
+        self.groups = [g for _, g in runners]
+        self.runners = [r for r, _ in runners]
         self.input_names = self.runners[0].input_names
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

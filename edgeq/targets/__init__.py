@@ -47,7 +47,7 @@ TARGETS: dict[str, TargetInfo] = {
             "openvino",
             "openvino",
             "pip install 'edgeq[openvino]'",
-            False,
+            True,
         ),
         TargetInfo(
             "tensorrt",

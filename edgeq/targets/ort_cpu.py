@@ -61,3 +61,12 @@ def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[li
 def runners() -> dict[str, Any]:
     """Runner factories by manifest runtime name: ONNX Runtime's are the pipeline's defaults."""
     return {}
+
+
+def unet_runner(ctx, graphs: list[tuple[Path, dict]]):
+    """How the checks run a UNet variant (Q/DQ ONNX graphs) on this target: ONNX Runtime."""
+    from edgeq.runtime.sessions import GroupedRunner, OrtRunner
+
+    if len(graphs) == 1:
+        return OrtRunner(graphs[0][0])
+    return GroupedRunner([(OrtRunner(p), g) for p, g in graphs])

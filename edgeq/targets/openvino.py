@@ -1,0 +1,148 @@
+"""OpenVINO target: Q/DQ ONNX lowered to OpenVINO IR with OpenVINO's own converter.
+
+OpenVINO's ONNX frontend turns Q/DQ pairs into FakeQuantize and its low-precision transformations
+run the quantized Conv/MatMul as int8 kernels. Everything else runs in the precision the profile
+names (``inference_precision``): OpenVINO would pick bf16 by itself on CPUs that have it, so edgeq
+always sets the hint and records, per component, how many compute layers actually run in int8,
+bf16 or f32 (read from the compiled model's runtime graph).
+
+Per-group mode: one IR per timestep group. IR files cannot point into another model's weights file,
+so each group's ``.bin`` holds its own copy of the weights: disk and memory cost x groups.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edgeq.runtime.sessions import GroupedRunner
+from edgeq.targets import ort_cpu
+
+COMPUTE_LAYERS = ("Convolution", "MatMul", "FullyConnected", "GroupConvolution", "Deconvolution")
+
+
+def compiled_cache_dir() -> Path:
+    return Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq")) / "openvino"
+
+
+def _options(ctx_or_info: dict[str, Any]) -> dict[str, str]:
+    return {
+        "device": str(ctx_or_info.get("device", "CPU")),
+        "inference_precision": str(ctx_or_info.get("inference_precision", "f32")),
+        "performance_hint": str(ctx_or_info.get("performance_hint", "LATENCY")),
+    }
+
+
+class OpenVinoRunner:
+    """A compiled OpenVINO model with an explicit precision hint and the compiled-model cache."""
+
+    def __init__(
+        self,
+        path: Path,
+        device: str = "CPU",
+        inference_precision: str = "f32",
+        performance_hint: str = "LATENCY",
+        cache: bool = True,
+    ):
+        import openvino as ov
+
+        core = ov.Core()
+        if cache:
+            compiled_cache_dir().mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(compiled_cache_dir())})
+        config = {"PERFORMANCE_HINT": performance_hint}
+        if device.startswith("CPU") or device.startswith("GPU"):
+            config["INFERENCE_PRECISION_HINT"] = inference_precision
+        self.compiled = core.compile_model(str(path), device, config)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [n for i in self.compiled.inputs for n in i.get_names()]
+        self.outputs = list(self.compiled.outputs)
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        res = self.request.infer({k: v for k, v in feeds.items() if k in self.input_names})
+        # an output tensor may carry several names (the ONNX name and internal ones): answer to all
+        return {name: np.array(res[o]) for o in self.outputs for name in o.get_names()}
+
+    def layer_precisions(self) -> dict[str, int]:
+        """Compute layers of the compiled model by the precision they run in (i8/u8/bf16/f32)."""
+        counts: Counter[str] = Counter()
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            rt = op.get_rt_info()
+            if "layerType" in rt and "runtimePrecision" in rt:
+                kind = rt["layerType"].astype(str)
+                if kind in COMPUTE_LAYERS:
+                    counts[f"{kind}:{rt['runtimePrecision'].astype(str)}"] += 1
+        return dict(sorted(counts.items()))
+
+
+def _convert(src: Path, xml: Path) -> None:
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(src)), str(xml), compress_to_fp16=False)
+
+
+def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
+    """The ONNX Runtime layout first (in a temporary folder), then every graph converted to IR."""
+    opts = _options(ctx.profile.runtime_options)
+    tmp = stage / ".onnx"
+    onnx_files, onnx_comps = ort_cpu.package(ctx, tmp, unet, mode, vae_dir)
+    files: list[Path] = []
+    graphs_of = {tmp / g["path"] for info in onnx_comps.values() for g in (info.get("graphs") or [info])}
+    for f in onnx_files:  # tokenizers, scheduler, index and configs move over as they are
+        if f not in graphs_of and not f.name.endswith(".onnx_data"):
+            dst = stage / f.relative_to(tmp)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(f), dst)
+            files.append(dst)
+    comps: dict[str, Any] = {}
+    for name, info in onnx_comps.items():
+        graphs = info.get("graphs") or [{"path": info["path"]}]
+        new_graphs = []
+        precisions: dict[str, int] = {}
+        for g in graphs:
+            rel = Path(g["path"]).with_suffix(".xml")
+            (stage / rel.parent).mkdir(parents=True, exist_ok=True)
+            _convert(tmp / g["path"], stage / rel)
+            files += [stage / rel, (stage / rel).with_suffix(".bin")]
+            new_graphs.append({**g, "path": str(rel)})
+            precisions = OpenVinoRunner(stage / rel, **opts, cache=False).layer_precisions()
+        entry = {k: v for k, v in info.items() if k not in ("graphs", "path")}
+        if "graphs" in info:
+            entry["graphs"] = new_graphs
+        else:
+            entry["path"] = new_graphs[0]["path"]
+        entry.update(
+            runtime="openvino",
+            openvino={
+                **opts,
+                "compute_layers_by_precision": precisions,
+                "compiled_model_cache": str(compiled_cache_dir()),
+            },
+        )
+        comps[name] = entry
+    shutil.rmtree(tmp)
+    return files, comps
+
+
+def _runner(build: Path, info: dict[str, Any]):
+    opts = _options(info.get("openvino", {}))
+    if "graphs" in info:
+        return GroupedRunner([(OpenVinoRunner(build / g["path"], **opts), g) for g in info["graphs"]])
+    return OpenVinoRunner(build / info["path"], **opts)
+
+
+def runners() -> dict[str, Any]:
+    return {"openvino": _runner}
+
+
+def unet_runner(ctx, graphs: list[tuple[Path, dict]]):
+    """The checks run UNet variants with OpenVINO too (it reads the Q/DQ ONNX with the same frontend)."""
+    opts = _options(ctx.profile.runtime_options)
+    if len(graphs) == 1:
+        return OpenVinoRunner(graphs[0][0], **opts)
+    return GroupedRunner([(OpenVinoRunner(p, **opts), g) for p, g in graphs])

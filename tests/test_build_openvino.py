@@ -1,0 +1,106 @@
+"""`edgeq build --target openvino`: IR lowering, OpenVINO at run time and in the checks, gates."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edgeq.errors import EdgeqError
+
+ov = pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'edgeq[openvino]'")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edgeq", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+@pytest.fixture(scope="module")
+def ov_build(tmp_path_factory, tiny_sd_cache):
+    out = tmp_path_factory.mktemp("ovbuild") / "out"
+    r = cli("build", "tiny-sd", "--target", "openvino", "--out", str(out), "--cache-dir", str(tiny_sd_cache))
+    return out, r
+
+
+def test_tiny_sd_openvino_passes_its_gates(ov_build):
+    out, r = ov_build
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["passed"] and rep["target"] == "openvino" and all(g["passed"] for g in rep["gates"])
+    assert all(row["sqnr_db"] >= 20.0 for row in rep["unet_groups"]) and len(rep["unet_groups"]) == 4
+
+
+def test_ir_and_explicit_precision_in_manifest(ov_build):
+    out, _ = ov_build
+    m = json.loads((out / "manifest.json").read_text())
+    for comp in m["components"].values():
+        assert comp["runtime"] == "openvino"
+        paths = [g["path"] for g in comp["graphs"]] if "graphs" in comp else [comp["path"]]
+        for p in paths:
+            assert p.endswith(".xml") and (out / p).is_file() and (out / p).with_suffix(".bin").is_file()
+        opts = comp["openvino"]
+        assert opts["device"] == "CPU" and opts["inference_precision"] == "f32"
+    layers = m["components"]["unet"]["openvino"]["compute_layers_by_precision"]
+    int8 = sum(v for k, v in layers.items() if k.endswith((":u8", ":i8")))
+    assert int8 > sum(v for k, v in layers.items() if k.endswith(":f32"))  # most compute layers really run int8
+    assert not list(out.rglob("*.onnx_data")) and not (out / ".onnx").exists()
+
+
+def test_edgeq_run_uses_openvino(ov_build, tmp_path):
+    out, _ = ov_build
+    png = tmp_path / "ov.png"
+    code = (
+        "import sys; from edgeq.cli.main import main; "
+        f"rc = main(['run', {str(out)!r}, '--prompt', 'a small blue square at the top right on a white background', "
+        f"'-o', {str(png)!r}]); sys.exit(rc or (3 if 'torch' in sys.modules or 'openvino' not in sys.modules else 0))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert png.stat().st_size > 0
+
+
+def test_per_group_mode_writes_one_ir_per_group(tiny_models, tmp_path):
+    out = tmp_path / "pg"
+    r = cli(
+        "build",
+        str(tiny_models["sd15"]),
+        "--target",
+        "openvino",
+        "--group-mode",
+        "per-group",
+        "--groups",
+        "2",
+        "--num-calib",
+        "3",
+        "--num-heldout",
+        "2",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "c"),
+    )
+    assert r.returncode in (0, 3), r.stderr[-2000:]
+    m = json.loads((out / "manifest.json").read_text())
+    graphs = m["components"]["unet"]["graphs"]
+    assert [g["path"] for g in graphs] == ["unet/model.g0.xml", "unet/model.g1.xml"]
+    assert all((out / g["path"]).with_suffix(".bin").is_file() for g in graphs)
+
+
+def test_missing_runtime_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    from edgeq.targets import get_target
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    with pytest.raises(EdgeqError, match="needs openvino") as e:
+        get_target("openvino")
+    assert "pip install 'edgeq[openvino]'" in str(e.value)
