@@ -33,3 +33,16 @@ def tiny_exports(tiny_models, tmp_path_factory) -> dict[str, Path]:
 def tiny_sd_cache(tmp_path_factory) -> Path:
     """One cache folder for every tiny-sd build in the session: export, captures and statistics are shared."""
     return tmp_path_factory.mktemp("tiny-sd-cache")
+
+
+def run_without_torch(build: Path, png: Path, prompt: str, also_loaded: tuple[str, ...] = ()):
+    """`edgeq run` in a fresh interpreter; fails (exit 3) if torch got imported or a runtime did not."""
+    import subprocess
+
+    code = (
+        "import sys; from edgeq.cli.main import main; "
+        f"rc = main(['run', {str(build)!r}, '--prompt', {prompt!r}, '-o', {str(png)!r}]); "
+        f"bad = 'torch' in sys.modules or not all(m in sys.modules for m in {list(also_loaded)!r}); "
+        "sys.exit(rc or (3 if bad else 0))"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_without_torch
 
 from edgeq.errors import EdgeqError
 
@@ -57,12 +58,9 @@ def test_ir_and_explicit_precision_in_manifest(ov_build):
 def test_edgeq_run_uses_openvino(ov_build, tmp_path):
     out, _ = ov_build
     png = tmp_path / "ov.png"
-    code = (
-        "import sys; from edgeq.cli.main import main; "
-        f"rc = main(['run', {str(out)!r}, '--prompt', 'a small blue square at the top right on a white background', "
-        f"'-o', {str(png)!r}]); sys.exit(rc or (3 if 'torch' in sys.modules or 'openvino' not in sys.modules else 0))"
+    r = run_without_torch(
+        out, png, "a small blue square at the top right on a white background", also_loaded=("openvino",)
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert png.stat().st_size > 0
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_without_torch
 
 from edgeq.calibrate.capture import CaptureSettings, capture
 from edgeq.errors import EdgeqError
@@ -81,12 +82,7 @@ def test_build_folder_contents(tiny_build):
 def test_int8_build_runs_without_torch(tiny_build, tmp_path):
     root, _ = tiny_build
     png = tmp_path / "q.png"
-    code = (
-        "import sys; from edgeq.cli.main import main; "
-        f"rc = main(['run', {str(root / 'out')!r}, '--prompt', 'a large red circle in the center on a blue background', "
-        f"'-o', {str(png)!r}]); sys.exit(rc or (3 if 'torch' in sys.modules else 0))"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = run_without_torch(root / "out", png, "a large red circle in the center on a blue background")
     assert r.returncode == 0, r.stderr
     assert png.stat().st_size > 0
 

@@ -73,13 +73,16 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     print(f"  report: {out / 'report.html'}")
-    if not rep.passed:
-        for g in rep.failed_gates():
-            where = f" group {g['group']}" if g["group"] is not None else ""
-            print(
-                f"edgeq build: gate failed: {g['component']}{where} {g['metric']} = {g['value']:.4g} "
-                f"(threshold {g['threshold']:g})",
-                file=sys.stderr,
-            )
-        return GATE_FAILED
-    return 0
+    return exit_code(rep, "build")
+
+
+def exit_code(rep, command: str) -> int:
+    """Name every failed gate on stderr; GATE_FAILED if any failed, else 0."""
+    for g in rep.failed_gates():
+        where = f" group {g['group']}" if g["group"] is not None else ""
+        print(
+            f"edgeq {command}: gate failed: {g['component']}{where} {g['metric']} = {g['value']:.4g} "
+            f"(threshold {g['threshold']:g})",
+            file=sys.stderr,
+        )
+    return 0 if rep.passed else GATE_FAILED

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from edgeq.cli.build_cmd import GATE_FAILED
+from edgeq.cli.build_cmd import exit_code
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,11 +17,4 @@ def run(args: argparse.Namespace) -> int:
 
     rep = check_folder(args.build)
     print(f"{'PASSED' if rep.passed else 'FAILED'}: report in {args.build / 'report.html'}")
-    for g in rep.failed_gates():
-        where = f" group {g['group']}" if g["group"] is not None else ""
-        print(
-            f"edgeq check: gate failed: {g['component']}{where} {g['metric']} = {g['value']:.4g} "
-            f"(threshold {g['threshold']:g})",
-            file=sys.stderr,
-        )
-    return 0 if rep.passed else GATE_FAILED
+    return exit_code(rep, "check")
