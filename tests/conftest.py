@@ -46,3 +46,16 @@ def run_without_torch(build: Path, png: Path, prompt: str, also_loaded: tuple[st
         "sys.exit(rc or (3 if bad else 0))"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def cli(*args: str, env: dict | None = None):
+    """`python -m edgeq ARGS` in a fresh process, offline, with its output captured."""
+    import os
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "edgeq", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli
 
 from edgeq.cli.main import main
 from edgeq.errors import EdgeqError
 from edgeq.models.weights import resolve
-
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "edgeq", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-    )
 
 
 def fake_hf_cache(root: Path, repo_id: str, model_dir: Path) -> Path:
@@ -37,10 +26,10 @@ def fake_hf_cache(root: Path, repo_id: str, model_dir: Path) -> Path:
 def test_preset_found_in_hf_cache_and_exported(tiny_models, tmp_path):
     cache = fake_hf_cache(tmp_path / "hub", "stable-diffusion-v1-5/stable-diffusion-v1-5", tiny_models["sd15"])
     env = {"HF_HUB_CACHE": str(cache)}
-    r = run_cli("models", env=env)
+    r = cli("models", env=env)
     assert r.returncode == 0 and "hf_cache" in r.stdout.splitlines()[1], r.stdout
     out = tmp_path / "build"
-    r = run_cli("export", "sd15", "--out", str(out), "--height", "32", "--width", "32", env=env)
+    r = cli("export", "sd15", "--out", str(out), "--height", "32", "--width", "32", env=env)
     assert r.returncode == 0, r.stderr
     assert "hf_cache" in r.stdout and (out / "unet/model.onnx").is_file()
 
@@ -68,7 +57,7 @@ def test_single_file_checkpoint_round_trip(tiny_models, tmp_path):
 
 
 def test_missing_weights_names_every_place(tmp_path, capsys):
-    r = run_cli("export", "sd15", "--out", str(tmp_path / "o"), env={"HF_HUB_CACHE": str(tmp_path / "empty")})
+    r = cli("export", "sd15", "--out", str(tmp_path / "o"), env={"HF_HUB_CACHE": str(tmp_path / "empty")})
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "no weights found for 'sd15'" in r.stderr and "--weights" in r.stderr
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in r.stderr and str(tmp_path / "empty") in r.stderr
@@ -76,10 +65,10 @@ def test_missing_weights_names_every_place(tmp_path, capsys):
 
 
 def test_wrong_path(tmp_path):
-    r = run_cli("export", str(tmp_path / "nope"))
+    r = cli("export", str(tmp_path / "nope"))
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "empty").mkdir()
-    r = run_cli("export", str(tmp_path / "empty"))
+    r = cli("export", str(tmp_path / "empty"))
     assert r.returncode == 2 and "model_index.json" in r.stderr
 
 
@@ -95,23 +84,23 @@ def test_truncated_checkpoint(tiny_models, tmp_path):
     f = damaged / "unet" / "diffusion_pytorch_model.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     out = tmp_path / "o"
-    r = run_cli("export", str(damaged), "--out", str(out))
+    r = cli("export", str(damaged), "--out", str(out))
     assert r.returncode == 2 and "truncated" in r.stderr and str(f) in r.stderr and "Traceback" not in r.stderr
     assert not out.exists() and not list(tmp_path.glob(".o.partial-*"))
     single = tmp_path / "one.safetensors"
     single.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    r = run_cli("export", "sd15", "--weights", str(single), "--config", str(tiny_models["sd15"]))
+    r = cli("export", "sd15", "--weights", str(single), "--config", str(tiny_models["sd15"]))
     assert r.returncode == 2 and "not a readable safetensors" in r.stderr
     ckpt = tmp_path / "one.ckpt"
     ckpt.write_bytes(b"PK\x03\x04 truncated zip")
-    r = run_cli("export", "sd15", "--weights", str(ckpt), "--config", str(tiny_models["sd15"]))
+    r = cli("export", "sd15", "--weights", str(ckpt), "--config", str(tiny_models["sd15"]))
     assert r.returncode == 2 and "not a readable PyTorch checkpoint" in r.stderr
 
 
 def test_unwritable_output(tiny_models, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    r = run_cli("export", str(tiny_models["sd15"]), "--out", str(blocker / "build"))
+    r = cli("export", str(tiny_models["sd15"]), "--out", str(blocker / "build"))
     assert r.returncode == 2 and "is a file" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -129,11 +118,11 @@ def test_interrupted_export_leaves_nothing(tiny_models, tmp_path, monkeypatch):
 
 
 def test_run_bad_input(tiny_exports, tmp_path):
-    r = run_cli("run", str(tmp_path), "--prompt", "x")
+    r = cli("run", str(tmp_path), "--prompt", "x")
     assert r.returncode == 2 and "manifest.json" in r.stderr
-    r = run_cli("run", str(tiny_exports["sd15"]), "--prompt", "x", "-o", str(tmp_path / "x.jpg"))
+    r = cli("run", str(tiny_exports["sd15"]), "--prompt", "x", "-o", str(tmp_path / "x.jpg"))
     assert r.returncode == 2 and ".png" in r.stderr
-    r = run_cli("run", str(tiny_exports["sd15"]), "--prompt", "x", "--height", "17")
+    r = cli("run", str(tiny_exports["sd15"]), "--prompt", "x", "--height", "17")
     assert r.returncode == 2 and "multiple" in r.stderr
 
 
@@ -142,7 +131,7 @@ def test_damaged_build_is_detected(tiny_exports, tmp_path):
     shutil.copytree(tiny_exports["sd15"], copy)
     f = copy / "unet" / "model.onnx"
     f.write_bytes(f.read_bytes()[:-100])
-    r = run_cli("run", str(copy), "--prompt", "x")
+    r = cli("run", str(copy), "--prompt", "x")
     assert r.returncode == 2 and "unet/model.onnx" in r.stderr and "truncated" in r.stderr
 
 
