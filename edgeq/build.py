@@ -25,6 +25,7 @@ from edgeq.errors import EdgeqError
 from edgeq.fsutil import ensure_writable_dir, staged_dir, write_json
 from edgeq.manifest import artifact_table, library_versions, read_manifest, write_manifest
 from edgeq.models.weights import WeightSource, resolve
+from edgeq.quantize.insert import QDQ_VERSION
 from edgeq.quantize.policy import Decision, decide, summary, tensors_to_calibrate
 from edgeq.quantize.profile import ComponentPolicy, Profile, load_profile
 from edgeq.verify.checks import unet_groups
@@ -54,6 +55,7 @@ class BuildOptions:
     num_heldout: int | None = None
     seed: int = 0
     cache_dir: Path | None = None
+    onnx_only: bool = False  # engine targets (TensorRT): stop at the engine-ready ONNX and its checks
 
 
 @dataclass
@@ -122,7 +124,10 @@ def prepare(opts: BuildOptions, log=print) -> Context:
     )
     ensure_writable_dir(cache)
     t0 = time.time()
-    res = export(source, cache / "fp32", ExportSettings(), log=log)
+    ex = profile.export
+    settings = ExportSettings(opset=ex.opset, static=ex.static, batch=ex.batch, height=ex.height, width=ex.width)
+    folder = "fp32" + ("-static" if ex.static else "") + (f"-opset{ex.opset}" if ex.opset != 17 else "")
+    res = export(source, cache / folder, settings, log=log)
     ctx = Context(opts, source, profile, cache, res.folder, read_manifest(res.folder), groups_n, mode, grouping)
     ctx.timings["export_s"] = round(time.time() - t0, 1)
     return ctx
@@ -238,7 +243,13 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVar
     per_group, shared = choose_ranges(cal, groups, method)
     fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
     key = _key(
-        ctx.export_manifest["cache_key"], asdict(cal.policy), method, [g.to_dict() for g in groups], shared, per_group
+        QDQ_VERSION,
+        ctx.export_manifest["cache_key"],
+        asdict(cal.policy),
+        method,
+        [g.to_dict() for g in groups],
+        shared,
+        per_group,
     )
     root = ctx.cache / f"quant-unet-{key}"
     t0 = time.time()
@@ -316,7 +327,12 @@ def quantize_single(ctx: Context, cal: ComponentCalibration) -> tuple[Path, dict
     }
     fp32 = ctx.export_dir / ctx.export_manifest["components"][cal.name]["path"]
     key = _key(
-        ctx.export_manifest["cache_key"], library_versions().get("onnxruntime"), asdict(cal.policy), method, ranges
+        QDQ_VERSION,
+        ctx.export_manifest["cache_key"],
+        library_versions().get("onnxruntime"),
+        asdict(cal.policy),
+        method,
+        ranges,
     )
     root = ctx.cache / f"quant-{cal.name}-{key}"
     if not (root / "done").is_file():
@@ -411,10 +427,14 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
         manifest["quant_counts"] = _quant_counts(cals)
         ctx.timings["build_s"] = round(time.time() - t_start, 1)
         manifest["timings"] = dict(ctx.timings)
+        if hasattr(target, "engines_status"):
+            manifest["engines_status"] = target.engines_status(ctx, out)
         write_manifest(stage, manifest)
         if until == "quantize":
             return None, out
         rep = check_folder(stage, ctx=ctx, held_cap=held_cap)
+    if hasattr(target, "finish"):  # engines, compiled after the portable checks (TensorRT)
+        rep = target.finish(out, ctx, held_cap, rep, log)
     return rep, out
 
 
@@ -445,6 +465,10 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
     chosen = q["group_mode"]
     gates: list[Gate] = []
     unet_rows = q.get("variants", {}).get(chosen, [])
+    deployed = getattr(target, "deployed_unet_runner", lambda *_: None)(folder, manifest)
+    if deployed is not None and unet_rows:  # compiled engines: measure the UNet as it will run
+        fp32_unet = OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"])
+        unet_rows = unet_groups(fp32_unet, deployed, held_cap, q["groups"], "check unet (engine)")
     for row in unet_rows:
         gates.append(Gate("unet", "sqnr_db", row["index"], row["sqnr_db"], g.unet_sqnr_db))
         gates.append(Gate("unet", "cosine", row["index"], row["cosine"], g.unet_cosine))
@@ -466,6 +490,12 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
             gates.append(
                 Gate("pipeline", f"adherence_{attr}_drop", None, drop, g.adherence_drop, higher_is_better=False)
             )
+    for name, info in manifest["components"].items():
+        if "rule_violations" in info:  # a target's structural rules (TensorRT's Q/DQ rules)
+            n = info["rule_violations"]["count"]
+            gates.append(
+                Gate(name, f"{info['rule_violations']['rules']}_rule_violations", None, n, 0, higher_is_better=False)
+            )
     passed = all(gates)
     timings = {**manifest.get("timings", {}), "check_e2e_s": round(time.time() - t0, 1)}
     rep = report_mod.Report(
@@ -480,6 +510,8 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
         timings=timings,
         quantized=manifest.get("quant_counts", {}),
         settings=q.get("settings", {}),
+        usability={k: v["usability"] for k, v in manifest["components"].items() if "usability" in v},
+        engines=manifest.get("engines_status", {}),
     )
     report_mod.write(folder, rep, grid)
     report_files = ["report.json", "report.md", "report.html", "grid.png", "sqnr_per_group.png"]

@@ -46,6 +46,11 @@ def options(args: argparse.Namespace):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_build_options(p)
     p.add_argument("--out", type=Path, help="build folder (default build/<model>-<target>)")
+    p.add_argument(
+        "--onnx-only",
+        action="store_true",
+        help="engine targets (tensorrt): stop at the engine-ready ONNX and the CPU-simulated checks, exit 0",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +78,25 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     print(f"  report: {out / 'report.html'}")
-    return exit_code(rep, "build")
+    return exit_code(rep, "build") or engines_exit_code(rep, opts.onnx_only)
+
+
+def engines_exit_code(rep, onnx_only: bool) -> int:
+    """Engine targets: a build that passed but has no engines says why and how to finish (exit 4)."""
+    e = rep.engines
+    if not e:
+        return 0
+    print(f"  checks: {e.get('checks')}")
+    if e.get("built") or onnx_only:
+        return 0
+    from edgeq.targets.tensorrt import ENGINES_NOT_BUILT
+
+    print(
+        f"edgeq build: engines not built: {e.get('reason')}. The TensorRT-ready ONNX, quant plan, CPU-simulated "
+        f"report and trtexec.sh are written.\n  finish: {e.get('finish')}\n  (--onnx-only makes this a success)",
+        file=sys.stderr,
+    )
+    return ENGINES_NOT_BUILT
 
 
 def exit_code(rep, command: str) -> int:

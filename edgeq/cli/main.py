@@ -18,6 +18,8 @@ COMMANDS = {
     "calibrate": "Export (cached), capture calibration trajectories and collect timestep-grouped statistics.",
     "quantize": "Calibrate, choose ranges, insert Q/DQ and package for a target, without the accuracy checks.",
     "check": "Run the accuracy checks and gates of a quantized build against FP32.",
+    "engines": "Build the TensorRT engines of a tensorrt build folder on an NVIDIA GPU, then check them.",
+    "validate": "Check a Q/DQ graph (or a build folder) against TensorRT's Q/DQ rules, node by node.",
     "export": "Export a model to ONNX: a runnable FP32 build folder.",
     "run": "Generate an image from a build folder (no torch needed).",
     "models": "List the model presets and where their weights were found.",

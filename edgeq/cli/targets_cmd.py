@@ -12,14 +12,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgeq.targets import TARGETS
 
-    print(f"{'target':10s}  {'runtime':11s}  {'installed':9s}  {'build':7s}  description")
+    w = max(len(n) for n in TARGETS)
+    print(f"{'target':{w}s}  {'runtime':11s}  {'installed':9s}  {'build':7s}  description")
     missing = []
     for t in TARGETS.values():
         installed = "yes" if t.runtime_installed() else "no"
         if not t.runtime_installed():
             missing.append(f"  {t.name}: {t.install}")
         print(
-            f"{t.name:10s}  {t.runtime:11s}  {installed:9s}  {'yes' if t.implemented else 'planned':7s}  {t.description}"
+            f"{t.name:{w}s}  {t.runtime:11s}  {installed:9s}  {'yes' if t.implemented else 'planned':7s}  {t.description}"
         )
     if missing:
         print("to install a missing runtime:\n" + "\n".join(missing))

@@ -21,6 +21,10 @@ from edgeq.quantize.policy import Decision
 from edgeq.quantize.profile import ComponentPolicy
 
 WEIGHTS_FILE = "model.onnx_data"
+# Bumped whenever the Q/DQ graphs this module writes change, so cached quantized graphs are redone.
+# 2: non-quantized consumers of a quantized tensor read the float tensor again.
+# 3: ... except those of a quantized op's own output Q/DQ, where the profile quantizes outputs.
+QDQ_VERSION = 3
 _QTYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
 
 
@@ -47,7 +51,8 @@ def quantize_graph(
         "ActivationSymmetric": policy.activation_symmetric,
         "WeightSymmetric": policy.weight_symmetric,
         "QuantizeBias": policy.quantize_bias,
-        "AddQDQPairToWeight": False,
+        "AddQDQPairToWeight": policy.weight_qdq_pair,
+        "OpTypesToExcludeOutputQuantization": [] if policy.output_quantization else list(policy.op_types),
         "DedicatedQDQPair": False,
     }
     q = QDQQuantizer(
@@ -64,8 +69,39 @@ def quantize_graph(
     )
     q.quantize_model()
     out = q.model.model
+    quantized = {d.node for d in decisions if d.quantized}
+    _float_consumers_read_float(out, quantized, policy.output_quantization)
     out.producer_name = "edgeq"
     return out
+
+
+def _float_consumers_read_float(model: onnx.ModelProto, quantized: set[str], output_qdq: bool = True) -> int:
+    """Point nodes that are not quantized back at the float tensor instead of its Q/DQ copy.
+
+    ORT's quantizer rewires *every* consumer of a quantized activation to the dequantized copy, so
+    a skip connection saved for a later Concat, or a Shape, reads a rounded tensor although the
+    node itself is float. Q/DQ belongs on the inputs of quantized ops alone (TensorRT's rule, and
+    the float paths keep full precision on every target). Returns how many inputs were rewired.
+    """
+    prod = {o: n for n in model.graph.node for o in n.output}
+    float_of = {}
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in prod and prod[n.input[0]].op_type == "QuantizeLinear":
+            src = prod[n.input[0]].input[0]
+            if output_qdq and src in prod and prod[src].name in quantized:
+                # a quantized op's output Q/DQ: a float reader of the raw output stops every backend
+                # fusing the op with its int8 output (ORT's QLinearConv / QLinearMatMul, XNNPACK)
+                continue
+            float_of[n.output[0]] = src
+    rewired = 0
+    for n in model.graph.node:
+        if n.name in quantized or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(n.input):
+            if name in float_of:
+                n.input[i] = float_of[name]
+                rewired += 1
+    return rewired
 
 
 def read_activation_qparams(model: onnx.ModelProto, tensors: list[str]) -> dict[str, tuple[float, int]]:

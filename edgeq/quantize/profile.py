@@ -35,6 +35,8 @@ class ComponentPolicy:
     quantize_bias: bool = True
     range_method: str = "mse"
     activation_matmul: str = "float"
+    output_quantization: bool = True  # Q/DQ on quantized ops' outputs too (TensorRT: inputs only)
+    weight_qdq_pair: bool = False  # float weights behind a Q/DQ pair instead of int8 weights + DQ
     exclude: tuple[Exclusion, ...] = ()
 
     def excluded_by(self, node_name: str) -> Exclusion | None:
@@ -60,6 +62,17 @@ class CalibrationDefaults:
 
 
 @dataclass(frozen=True)
+class ExportDefaults:
+    """The ``[export]`` section: static shapes for runtimes that need them (mobile EPs)."""
+
+    static: bool = False
+    batch: int = 2  # the classifier-free-guidance batch
+    height: int | None = None  # image pixels; default: the model's resolution
+    width: int | None = None
+    opset: int = 17
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -67,6 +80,7 @@ class Profile:
     components: dict[str, ComponentPolicy]
     gates: Gates
     calibration: CalibrationDefaults
+    export: ExportDefaults = field(default_factory=ExportDefaults)
     path: Path = field(default=Path())
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -150,6 +164,7 @@ def load_profile(target: str) -> Profile:
         components=comps,
         gates=_section(Gates, raw, "gates", path),
         calibration=_section(CalibrationDefaults, raw, "calibration", path),
+        export=_section(ExportDefaults, raw, "export", path),
         path=path,
         raw=raw,
     )

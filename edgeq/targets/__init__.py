@@ -21,6 +21,11 @@ class TargetInfo:
     def runtime_installed(self) -> bool:
         return importlib.util.find_spec(self.runtime) is not None
 
+    @property
+    def needs_runtime_to_build(self) -> bool:
+        """TensorRT builds its ONNX and CPU-simulated checks without TensorRT; engines need it."""
+        return self.name != "tensorrt"
+
 
 TARGETS: dict[str, TargetInfo] = {
     t.name: t
@@ -35,11 +40,19 @@ TARGETS: dict[str, TargetInfo] = {
         ),
         TargetInfo(
             "ort-mobile",
-            "ONNX Runtime mobile (.ort, XNNPACK/NNAPI/QNN flavours)",
+            "ONNX Runtime mobile: .ort + reduced-build operator config, XNNPACK W8A8, static shapes",
             "ort_mobile",
             "onnxruntime",
             "pip install onnxruntime",
-            False,
+            True,
+        ),
+        TargetInfo(
+            "ort-mobile-qnn",
+            "ONNX Runtime mobile for Qualcomm NPUs (QNN EP): .ort, W8A16, static shapes",
+            "ort_mobile",
+            "onnxruntime",
+            "pip install onnxruntime",
+            True,
         ),
         TargetInfo(
             "openvino",
@@ -55,7 +68,7 @@ TARGETS: dict[str, TargetInfo] = {
             "tensorrt",
             "tensorrt",
             "pip install 'edgeq[tensorrt]' (needs an NVIDIA GPU to build engines)",
-            False,
+            True,
         ),
     )
 }
@@ -72,6 +85,6 @@ def get_target(name: str):
         raise EdgeqError(f"unknown target '{name}'", f"targets: {', '.join(TARGETS)}")
     if not info.implemented:
         raise EdgeqError(f"the '{name}' target is not implemented yet", "see `edgeq targets`; ort-cpu works today")
-    if not info.runtime_installed():
+    if info.needs_runtime_to_build and not info.runtime_installed():
         raise EdgeqError(f"the '{name}' target needs {info.runtime}, which is not installed", info.install)
     return importlib.import_module(f"edgeq.targets.{info.module}")

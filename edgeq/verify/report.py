@@ -33,6 +33,11 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     quantized: dict[str, dict[str, int]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    # per component, from its manifest entry: a target's check of how well execution providers take
+    # the graph (ort-mobile: ONNX Runtime's mobile usability checker, a verdict per EP)
+    usability: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # targets that compile engines (TensorRT): whether they exist, how the checks ran, how to finish
+    engines: dict[str, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -151,6 +156,9 @@ def _markdown(r: Report) -> str:
     lines += ["", "## End to end (same seeds as FP32)", ""]
     for k, v in r.e2e.items():
         lines.append(f"- {k}: {json.dumps(v) if isinstance(v, dict) else (f'{v:.4g}' if isinstance(v, float) else v)}")
+    lines += _usability_markdown(r.usability)
+    if r.engines:
+        lines += ["", "## Engines", ""] + [f"- {k}: {v}" for k, v in r.engines.items()]
     lines += ["", "## Quantized nodes", ""]
     for comp, c in r.quantized.items():
         lines.append(
@@ -170,6 +178,29 @@ def _markdown(r: Report) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _usability_markdown(usability: dict[str, dict[str, Any]]) -> list[str]:
+    """Execution-provider usability per component: verdicts in a table, then the reasons given."""
+    if not usability:
+        return []
+    eps = sorted({ep for u in usability.values() for ep in u.get("verdicts", {})})
+    tool = next(iter(usability.values())).get("tool", "")
+    lines = [
+        "",
+        "## Execution-provider usability" + (f" (`{tool}`)" if tool else ""),
+        "",
+        "| component | " + " | ".join(eps) + " |",
+        "|---|" + "---|" * len(eps),
+    ]
+    for comp, u in usability.items():
+        v = u.get("verdicts", {})
+        lines.append(f"| {comp} | " + " | ".join(str(v.get(ep, {}).get("verdict")) for ep in eps) + " |")
+    for comp, u in usability.items():
+        for ep, v in u.get("verdicts", {}).items():
+            if v.get("reasons"):
+                lines += ["", f"{comp}, {ep}:", "", *(f"- {x}" for x in v["reasons"])]
+    return lines
 
 
 def write(folder: Path, r: Report, grid: np.ndarray) -> None:
