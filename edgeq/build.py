@@ -575,7 +575,7 @@ def _manifest(
         "scheduler_config": base["scheduler_config"],
         "versions": library_versions(),
         "quantization": {"group_mode": chosen, **unet_info, "settings": _settings(ctx), "profile": ctx.profile.raw},
-        "source_export": {"cache_key": base["cache_key"]},
+        "source_export": {"cache_key": base["cache_key"], "folder": str(ctx.export_dir.resolve())},
         "artifacts": artifact_table(stage, rel),
     }
 

@@ -209,3 +209,23 @@ def test_float_vae_profile_and_custom_profile_path(tiny_models, tmp_path):
     assert not any(g["component"] == "vae_decoder" for g in m["gates"])
     for rel in ("vae_decoder/model.onnx", "vae_decoder/config.json", "model_index.json", "quant_plan.json"):
         assert rel in m["artifacts"], rel
+
+
+def test_bench_reports_latency_memory_and_size_next_to_fp32(tiny_build, tmp_path):
+    out, _ = tiny_build
+    dest = tmp_path / "bench.json"
+    r = cli("bench", str(out), "--repeats", "3", "--warmup", "1", "--out", str(dest))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(dest.read_text())
+    assert set(res["components"]) == {"text_encoder", "unet", "vae_decoder", "pipeline"}
+    for comp, row in res["components"].items():
+        for v in ("fp32", "build"):
+            m = row[v]
+            assert 0 < m["min_s"] <= m["median_s"] <= m["max_s"] and m["peak_rss_gb"] > 0.05, (comp, v)
+        assert row["speedup"] > 0
+    unet = res["components"]["unet"]
+    assert unet["build"]["bytes"] < unet["fp32"]["bytes"]  # int8 weights
+    assert "int8" in unet["build"]["precision"]
+    assert "| unet |" in dest.with_suffix(".md").read_text() and "| unet |" in r.stdout
+    r = cli("bench", str(out), "--repeats", "0")
+    assert r.returncode == 2 and "--repeats must be at least 1" in r.stderr

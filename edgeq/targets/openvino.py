@@ -136,6 +136,14 @@ def _runner(build: Path, info: dict[str, Any]):
     return OpenVinoRunner(build / info["path"], **opts)
 
 
+def float_runner(path: Path, manifest: dict[str, Any]):
+    """The FP32 baseline for benchmarks: the same OpenVINO device with the f32 hint (never bf16 by default)."""
+    opts = _options(manifest["components"]["unet"].get("openvino", {}))
+    return OpenVinoRunner(
+        path, device=opts["device"], inference_precision="f32", performance_hint=opts["performance_hint"]
+    )
+
+
 def runners() -> dict[str, Any]:
     return {"openvino": _runner}
 

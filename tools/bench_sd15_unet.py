@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""UNet latency on the full-size SD1.5-shaped UNet (SD1.5 config, random weights), in one run.
+
+Batch 1, 64x64 latents, 77x768 text. The UNet is exported with edgeq's exporter (cached under
+``build/sd15-unet-bench/``), calibrated with edgeq's streaming statistics on random inputs spread
+over the timesteps (random weights: speed only, not quality), and quantized with each target
+profile's policy through ONNX Runtime's QDQQuantizer, as ``edgeq build`` does. Then, in one process:
+
+* OpenVINO: FP32 graph with the f32 hint, FP32 graph with OpenVINO's default hint (bf16 where the
+  CPU has it), edgeq's ``openvino`` INT8 graph (f32 hint for what stays float);
+* ONNX Runtime (with ``--ort``): FP32 graph, edgeq's ``ort-cpu`` INT8 graph.
+
+Median, min and max over repeated calls after a warm-up; ratios against the same run's float
+baseline of the same runtime. Writes benchmarks/sd15_unet_latency.{md,json}.
+
+    python tools/bench_sd15_unet.py [--repeats 5] [--calib 8] [--ort]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgeq.manifest import library_versions  # noqa: E402
+
+WORK = ROOT / "build" / "sd15-unet-bench"
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def export_fp32() -> Path:
+    dst = WORK / "fp32" / "unet" / "model.onnx"
+    if dst.is_file():
+        return dst
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from edgeq.frontend.export import ExportSettings, export_graph
+    from edgeq.models.presets import PRESETS
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768).eval()
+    comp = PRESETS["sd15"].component("unet")
+    axes = {"batch": 1, "image_batch": 1, "sequence": 77, "height": 64, "width": 64}
+    tmp = WORK / "fp32.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_graph(SimpleNamespace(unet=unet), comp, {"unet": dict(unet.config)}, axes, tmp, ExportSettings(batch=1))
+    del unet
+    gc.collect()
+    tmp.rename(WORK / "fp32")
+    return dst
+
+
+def feeds(seed: int, t: float) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "sample": rng.standard_normal((1, 4, 64, 64)).astype(np.float32),
+        "timestep": np.array(t, np.float32),
+        "encoder_hidden_states": rng.standard_normal((1, 77, 768)).astype(np.float32),
+    }
+
+
+def quantize(fp32: Path, target: str, n_calib: int, log) -> tuple[Path, dict]:
+    """edgeq's statistics, MSE ranges and Q/DQ placement for ``target``, on random inputs."""
+    import onnx
+
+    from edgeq.calibrate.collect import Stats, collect
+    from edgeq.calibrate.histogram import select_range
+    from edgeq.quantize.insert import quantize_graph
+    from edgeq.quantize.policy import decide, tensors_to_calibrate
+    from edgeq.quantize.profile import load_profile
+
+    dst = WORK / f"int8-{target}" / "model.onnx"
+    info_path = dst.parent / "info.json"
+    if dst.is_file() and info_path.is_file():
+        return dst, json.loads(info_path.read_text())
+    policy = load_profile(target).policy("unet")
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    decisions = decide(graph, policy)
+    tensors = tensors_to_calibrate(graph, decisions)
+    stats_path = WORK / f"stats-{target}-{n_calib}.npz"
+    t0 = time.time()
+    if stats_path.is_file():
+        stats = Stats.load(stats_path)
+    else:
+        ts = np.linspace(999, 1, n_calib).tolist()
+        stats = collect(
+            fp32, tensors, ((i, feeds(i, t)) for i, t in enumerate(ts)), ts, n_calib, f"statistics {target}"
+        )
+        stats.save(stats_path)
+    stats_s = time.time() - t0
+    bits = 16 if "16" in policy.activation_type else 8
+    ranges = {
+        t: tuple(
+            float(v)
+            for v in select_range(stats.group(t, list(range(n_calib))), "mse", policy.activation_symmetric, bits=bits)
+        )
+        for t in tensors
+    }
+    t0 = time.time()
+    model = quantize_graph(fp32, decisions, policy, ranges)
+    tmp = dst.parent.with_name(dst.parent.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    onnx.save_model(
+        model, str(tmp / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+        location="model.onnx_data", size_threshold=1024,
+    )  # fmt: skip
+    del model
+    gc.collect()
+    info = {
+        "statistics_s": round(stats_s, 1),
+        "quantize_s": round(time.time() - t0, 1),
+        "quantized_nodes": sum(d.quantized for d in decisions),
+        "float_nodes": sum(not d.quantized for d in decisions),
+        "activation_tensors": len(tensors),
+        "bytes": sum(p.stat().st_size for p in tmp.iterdir()),
+    }
+    (tmp / "info.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(dst.parent, ignore_errors=True)
+    tmp.rename(dst.parent)
+    log(f"{target}: {info}")
+    return dst, info
+
+
+def timed(fn, x, repeats: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn(x)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x)
+        ts.append(time.perf_counter() - t0)
+    return {"median_s": float(np.median(ts)), "min_s": float(np.min(ts)), "max_s": float(np.max(ts)), "calls": repeats}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--calib", type=int, default=8, help="random calibration calls (speed only)")
+    ap.add_argument("--ort", action="store_true", help="also ONNX Runtime FP32 vs edgeq ort-cpu")
+    args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    fp32 = export_fp32()
+    prep = {"openvino": quantize(fp32, "openvino", args.calib, print)}
+    if args.ort:
+        prep["ort-cpu"] = quantize(fp32, "ort-cpu", args.calib, print)
+    x = feeds(123, 500.0)
+    results: dict[str, dict] = {}
+
+    import openvino as ov
+
+    core = ov.Core()
+    ov_variants = {
+        "ov_f32": (fp32, {"INFERENCE_PRECISION_HINT": "f32"}),
+        "ov_default": (fp32, {}),
+        "edgeq_openvino": (prep["openvino"][0], {"INFERENCE_PRECISION_HINT": "f32"}),
+    }
+    for name, (path, cfg) in ov_variants.items():
+        t0 = time.time()
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {"PERFORMANCE_HINT": "LATENCY", **cfg})
+        load_s = time.time() - t0
+        r = timed(lambda f, c=compiled: c(f), x, args.repeats, args.warmup)
+        r.update(precision_hint=str(compiled.get_property("INFERENCE_PRECISION_HINT")), load_s=round(load_s, 1))
+        results[name] = r
+        print(name, r, flush=True)
+        del compiled
+        gc.collect()
+    if args.ort:
+        from edgeq.runtime.sessions import OrtRunner
+
+        for name, path in (("ort_fp32", fp32), ("edgeq_ort_cpu", prep["ort-cpu"][0])):
+            t0 = time.time()
+            runner = OrtRunner(path)
+            load_s = time.time() - t0
+            r = timed(runner.run, x, args.repeats, args.warmup)
+            r.update(load_s=round(load_s, 1))
+            results[name] = r
+            print(name, r, flush=True)
+            del runner
+            gc.collect()
+    base = {"ov": results["ov_f32"]["median_s"], "ort": results.get("ort_fp32", {}).get("median_s")}
+    lines = [
+        f"SD1.5-shaped UNet (random weights), batch 1, 64x64 latents, 77x768 text; {args.repeats} calls after "
+        f"{args.warmup} warm-up; {platform.machine()}, {__import__('os').cpu_count()} cores",
+        "",
+        "| variant | runtime | precision hint | median s | min s | max s | speed vs float (same runtime) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        rt = "ort" if name in ("ort_fp32", "edgeq_ort_cpu") else "ov"
+        lines.append(
+            f"| {name} | {'ONNX Runtime' if rt == 'ort' else 'OpenVINO'} | {r.get('precision_hint', '-')} | "
+            f"{r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} | {base[rt] / r['median_s']:.2f}x |"
+        )
+    md = "\n".join(lines) + "\n"
+    print(md)
+    out = {
+        "machine": platform.processor() or platform.machine(),
+        "versions": library_versions(),
+        "settings": vars(args),
+        "unet_sd15_shape": results,
+        "quantization": {k: v[1] for k, v in prep.items()},
+        "peak_rss_gb": round(peak_rss_gb(), 2),
+    }
+    dest = ROOT / "benchmarks"
+    (dest / "sd15_unet_latency.md").write_text(md)
+    (dest / "sd15_unet_latency.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
