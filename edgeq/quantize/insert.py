@@ -55,6 +55,8 @@ def quantize_graph(
         "OpTypesToExcludeOutputQuantization": [] if policy.output_quantization else list(policy.op_types),
         "DedicatedQDQPair": False,
     }
+    if policy.per_channel and policy.per_channel_op_types:
+        extra["TensorQuantOverrides"] = _per_tensor_weights(model, decisions, policy)
     q = QDQQuantizer(
         model,
         policy.per_channel,
@@ -73,6 +75,18 @@ def quantize_graph(
     _float_consumers_read_float(out, quantized, policy.output_quantization)
     out.producer_name = "edgeq"
     return out
+
+
+def _per_tensor_weights(model: onnx.ModelProto, decisions: list[Decision], policy: ComponentPolicy) -> dict:
+    """Per-tensor overrides for the constant weights of quantized ops outside ``per_channel_op_types``."""
+    inits = {i.name for i in model.graph.initializer}
+    chosen = {d.node for d in decisions if d.quantized}
+    spec = [{"quant_type": _qtype(policy.weight_type), "symmetric": policy.weight_symmetric}]
+    return {
+        n.input[1]: spec
+        for n in model.graph.node
+        if n.name in chosen and n.op_type not in policy.per_channel_op_types and n.input[1] in inits
+    }
 
 
 def _float_consumers_read_float(model: onnx.ModelProto, quantized: set[str], output_qdq: bool = True) -> int:

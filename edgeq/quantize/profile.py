@@ -32,6 +32,9 @@ class ComponentPolicy:
     weight_type: str = "int8"
     weight_symmetric: bool = True
     per_channel: bool = True
+    # op types whose weights are per-channel when per_channel is on; empty: all of op_types (QNN: Conv
+    # only, as the QNN EP has no per-channel MatMul)
+    per_channel_op_types: tuple[str, ...] = ()
     quantize_bias: bool = True
     range_method: str = "mse"
     activation_matmul: str = "float"
@@ -112,14 +115,17 @@ def _component(name: str, d: dict[str, Any], path: Path) -> ComponentPolicy:
                 f"{path}: exclusion pattern {e['pattern']!r} in [{name}] is not a valid regular expression ({err})"
             ) from None
         excl.append(Exclusion(e["pattern"], e["reason"]))
-    if "op_types" in d:
-        d["op_types"] = tuple(d["op_types"])
+    for key in ("op_types", "per_channel_op_types"):
+        if key in d:
+            d[key] = tuple(d[key])
     unknown = set(d) - set(ComponentPolicy.__dataclass_fields__)
     if unknown:
         raise EdgeqError(f"{path}: unknown keys in [{name}]: {', '.join(sorted(unknown))}")
     pol = ComponentPolicy(exclude=tuple(excl), **d)
     if pol.mode not in ("int8", "float"):
         raise EdgeqError(f"{path}: [{name}] mode must be int8 or float, not {pol.mode!r}")
+    if set(pol.per_channel_op_types) - set(pol.op_types):
+        raise EdgeqError(f"{path}: [{name}] per_channel_op_types must be among op_types {list(pol.op_types)}")
     for t in (pol.activation_type, pol.weight_type):
         if t not in TYPES:
             raise EdgeqError(f"{path}: [{name}] type {t!r} is not one of {', '.join(TYPES)}")

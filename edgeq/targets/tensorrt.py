@@ -445,6 +445,7 @@ def build_engines(folder: Path, log=print) -> dict[str, Any]:
     if reason:
         raise EnginesNotBuilt(f"engines need an NVIDIA GPU with TensorRT: {reason}", INSTALL)
     import tensorrt as trt
+
     manifest = read_manifest(folder)
     if manifest.get("target") != "tensorrt":
         raise EdgeqError(f"{folder} is a {manifest.get('target')} build", "engines are built for --target tensorrt")
