@@ -212,7 +212,7 @@ def test_float_vae_profile_and_custom_profile_path(tiny_models, tmp_path):
 
 
 def test_bench_reports_latency_memory_and_size_next_to_fp32(tiny_build, tmp_path):
-    out, _ = tiny_build
+    out = tiny_build[0] / "out"
     dest = tmp_path / "bench.json"
     r = cli("bench", str(out), "--repeats", "3", "--warmup", "1", "--out", str(dest))
     assert r.returncode == 0, r.stderr[-2000:]
