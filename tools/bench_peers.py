@@ -59,7 +59,7 @@ from edgeq.manifest import library_versions  # noqa: E402
 METHODS = {  # name: (runtime, precision hint or None, label)
     "ort_fp32": ("ONNX Runtime", None, "FP32 (ORT_ENABLE_ALL)"),
     "ort_quantize_static": ("ONNX Runtime", None, "ORT `quantize_static` defaults (QDQ S8S8, MinMax, all ops)"),
-    "edgeq_ort_cpu": ("ONNX Runtime", None, "edgeq `ort-cpu` (U8S8, Conv/MatMul/Gemm, shared)"),
+    "edgeq_ort_cpu": ("ONNX Runtime", None, "edgeq `ort-cpu` (shared)"),
     "ov_f32": ("OpenVINO", "f32", "FP32, f32 hint"),
     "ov_default": ("OpenVINO", "default", "FP32, OpenVINO's default hint"),
     "nncf_int8": ("OpenVINO", "f32", "NNCF INT8 (`nncf.quantize`, transformer model type)"),
@@ -104,6 +104,32 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def cpu_ticks() -> tuple[int, int, int]:
+    """(busy ticks of the machine, all ticks of the machine, ticks of this process), from /proc."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    guest = sum(v[8:10])  # already counted in user / nice
+    total = sum(v) - guest
+    busy = total - v[3] - v[4]  # minus idle and iowait
+    st = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return busy, total, int(st[11]) + int(st[12])  # utime + stime, all threads
+
+
+def other_cpu_share(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """Share of the whole machine's CPU used by other processes between two cpu_ticks() snapshots."""
+    return max(0.0, (b[0] - a[0]) - (b[2] - a[2])) / max(1, b[1] - a[1])
+
+
+def wait_quiet(limit_s: float, threshold: float = 0.1, window_s: float = 3.0) -> float:
+    """Wait (at most ``limit_s``) until other processes use under ``threshold`` of the CPU; the seconds waited."""
+    t0 = time.time()
+    while time.time() - t0 < limit_s:
+        a = cpu_ticks()
+        time.sleep(window_s)
+        if other_cpu_share(a, cpu_ticks()) < threshold:
+            break
+    return round(time.time() - t0, 1)
+
+
 def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2) + "\n")
@@ -127,6 +153,15 @@ def _policy_key(target: str) -> str:
     return hashlib.sha256(json.dumps([QDQ_VERSION, asdict(policy)], sort_keys=True, default=str).encode()).hexdigest()[
         :16
     ]
+
+
+def flavour(target: str) -> str:
+    """The UNet Q/DQ flavour of a target profile, in words."""
+    from edgeq.quantize.profile import load_profile
+
+    p = load_profile(target).policy("unet")
+    act = f"{p.activation_type} {'symmetric' if p.activation_symmetric else 'asymmetric'}"
+    return f"{act} activations, {p.weight_type} weights, {'/'.join(p.op_types)}"
 
 
 def stage_edgeq(args: dict, target: str) -> dict:
@@ -167,6 +202,7 @@ def stage_edgeq(args: dict, target: str) -> dict:
         "cached": cached,
         "statistics_reused": stats_reused,
         "policy_key": key,
+        "flavour": flavour(target),
         **info,
     }
     if cached:
@@ -292,8 +328,17 @@ def stage_speed(args: dict) -> dict:
             model = core.compile_model(core.read_model(str(path)), "CPU", cfg)
             fn = model
         load_s = time.time() - t0
+        waited = wait_quiet(args["quiet_wait"]) if args["quiet_wait"] > 0 else 0.0
+        snap = cpu_ticks()
         r = timed(fn, x, args["repeats"], args["warmup"])
-        r.update(load_s=round(load_s, 1), rss_gb=round(rss_gb(), 2), loadavg_before=before, loadavg_after=load())
+        r.update(
+            load_s=round(load_s, 1),
+            rss_gb=round(rss_gb(), 2),
+            loadavg_before=before,
+            loadavg_after=load(),
+            other_cpu_pct=round(100 * other_cpu_share(snap, cpu_ticks()), 1),
+            waited_for_quiet_s=waited,
+        )
         if runtime == "OpenVINO":
             r["precision_hint"] = model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
             r["compute_layers_by_precision"] = _ov_precisions(model)
@@ -485,7 +530,7 @@ def report(out: dict) -> str:
     s = out["settings"]
     q = out["quality_details"]
     lines = [
-        f"edgeq against its peers, one run on {out['machine']} ({out['date']}).",
+        f"edgeq against its peers, one run on {out['machine']} ({out['date']}): `{out['command']}`.",
         "",
         f"Speed: SD1.5-shaped UNet (SD1.5 config, random weights), batch 1, 64x64 latents, 77x768 text; "
         f"{s['repeats']} calls after {s['warmup']} warm-up, all methods in one process one after the other, "
@@ -501,6 +546,8 @@ def report(out: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, (runtime, _, label) in METHODS.items():
+        if out["quantizers_sd15"].get(name, {}).get("flavour"):
+            label = f"{label}: {out['quantizers_sd15'][name]['flavour']}"
         r = speed.get(name)
         a = q["results"].get(name, {})
         base = speed.get(FLOAT_BASE[runtime], {}).get("median_s")
@@ -530,7 +577,10 @@ def report(out: dict) -> str:
     ld = [speed[m]["loadavg_before"] for m in speed] + [speed[m]["loadavg_after"] for m in speed]
     lines += [
         "",
-        f"1-minute load average during the timing: {min(ld):.2f}-{max(ld):.2f} on {os.cpu_count()} cores. "
+        "CPU taken by other processes during each method's timed calls (share of the machine): "
+        + ", ".join(f"{m} {r.get('other_cpu_pct', float('nan')):.0f}%" for m, r in speed.items())
+        + f"; 1-minute load average {min(ld):.2f}-{max(ld):.2f} on {os.cpu_count()} cores (this benchmark's own "
+        "threads included). "
         f"FP32 adherence on the held-out prompts: colour {q['adherence_fp32']['colour']:.1f}%, "
         f"shape {q['adherence_fp32']['shape']:.1f}%. `ov_default` accuracy is OpenVINO's default hint on the "
         f"FP32 graph ({quality.get('ov_default', {}).get('precision_hint', '-')}).",
@@ -574,14 +624,34 @@ def main() -> None:
     ap.add_argument("--nncf-calib", type=int, default=8, help="random calibration inputs of NNCF on the SD1.5 UNet")
     ap.add_argument("--num-calib", type=int, default=32, help="tiny-sd calibration prompts (x 20 steps)")
     ap.add_argument("--num-heldout", type=int, default=64, help="tiny-sd held-out prompts")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before timing each method, wait up to this many seconds for other processes to leave the CPU",
+    )
     ap.add_argument("--requantize", action="store_true", help="quantize edgeq's SD1.5 graphs anew (statistics too)")
     ap.add_argument("--skip-ov-default-quality", action="store_true", help="no tiny-sd accuracy for the bf16 hint")
+    ap.add_argument("--report-only", action="store_true", help="write benchmarks/peers.md anew from peers.json")
     ap.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     ap.add_argument("--io", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stage:
         a = json.loads((args.io / "args.json").read_text())
         write_json(args.io / f"{args.stage}.json", STAGES[args.stage](a))
+        return
+    dest = ROOT / "benchmarks"
+    if args.report_only:
+        out = json.loads((dest / "peers.json").read_text())
+        for target, name in (("ort-cpu", "edgeq_ort_cpu"), ("openvino", "edgeq_openvino")):
+            info = out["quantizers_sd15"][name]
+            if "flavour" not in info and info.get("policy_key") == _policy_key(target):
+                info["flavour"] = flavour(target)  # runs before the flavour was recorded, same profile
+        out.setdefault("command", "python tools/bench_peers.py")
+        md = report(out)
+        print(md)
+        (dest / "peers.md").write_text(md)
+        write_json(dest / "peers.json", out)
         return
     t_start = time.time()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -618,7 +688,8 @@ def main() -> None:
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "versions": {**library_versions(), "nncf": nncf.__version__},
-        "settings": {k: v for k, v in a.items() if k not in ("stage", "io")},
+        "command": " ".join(["python tools/bench_peers.py", *sys.argv[1:]]),
+        "settings": {k: v for k, v in a.items() if k not in ("stage", "io", "report_only")},
         "unet_sd15_shape": speed,
         "quality_tiny_sd": quality,
         "quality_details": q,
@@ -629,7 +700,6 @@ def main() -> None:
     }
     md = report(out)
     print(md)
-    dest = ROOT / "benchmarks"
     dest.mkdir(exist_ok=True)
     (dest / "peers.md").write_text(md)
     write_json(dest / "peers.json", out)
