@@ -177,7 +177,9 @@ def main() -> None:
         compiled = core.compile_model(core.read_model(str(path)), "CPU", {"PERFORMANCE_HINT": "LATENCY", **cfg})
         load_s = time.time() - t0
         r = timed(lambda f, c=compiled: c(f), x, args.repeats, args.warmup)
-        r.update(precision_hint=compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), load_s=round(load_s, 1))
+        r.update(
+            precision_hint=compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), load_s=round(load_s, 1)
+        )
         results[name] = r
         print(name, r, flush=True)
         del compiled
