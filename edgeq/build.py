@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -181,17 +182,56 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentCalib
         if stats_path.is_file():
             stats = Stats.load(stats_path)
             log(f"reusing statistics {stats_path.name}")
-        elif name == "unet":
-            samples = ((s.step, s.feeds) for s in cap.unet_samples())
-            stats = collect(path, tensors, samples, list(cap.timesteps), len(cap), desc="statistics unet")
-            stats.save(stats_path)
         else:
-            samples = ((0, {"latent_sample": z}) for z in cap.vae_inputs())
-            stats = collect(path, tensors, samples, [0.0], len(cap.settings.prompts), desc=f"statistics {name}")
-            stats.save(stats_path)
+            collect_isolated(path, tensors, cap, name, stats_path)
+            stats = Stats.load(stats_path)
         ctx.timings[f"statistics_{name}_s"] = round(time.time() - t0, 1)
         out[name] = ComponentCalibration(name, policy, decisions, tensors, stats)
     return out
+
+
+def _collect_child(path: Path, tensors: list[str], cap: Capture, name: str, out: Path, err: Path) -> None:
+    """Child process body of :func:`collect_isolated`."""
+    try:
+        if name == "unet":
+            samples = ((s.step, s.feeds) for s in cap.unet_samples())
+            stats = collect(path, tensors, samples, list(cap.timesteps), len(cap), desc="statistics unet")
+        else:
+            samples = ((0, {"latent_sample": z}) for z in cap.vae_inputs())
+            stats = collect(path, tensors, samples, [0.0], len(cap.settings.prompts), desc=f"statistics {name}")
+        stats.save(out)
+    except EdgeqError as e:
+        err.write_text(json.dumps({"message": e.message, "hint": e.hint}))
+        raise SystemExit(2) from None
+
+
+def collect_isolated(path: Path, tensors: list[str], cap: Capture, name: str, out: Path) -> None:
+    """Statistics of ``name`` into ``out``, collected in a child process.
+
+    ONNX Runtime's session for the augmented graph holds the weights plus every requested activation
+    of one call (7.4 GB on the SD1.5 UNet). In one process that memory is not all given back, and
+    Q/DQ insertion (4.2 GB alone) stacked on it: 8.5 GB. A child returns it to the system, so a build's
+    peak is the larger of the two stages, not their sum.
+    """
+    import multiprocessing
+    import tempfile
+
+    fd, err_name = tempfile.mkstemp(prefix=".stats-err-", suffix=".json", dir=out.parent)
+    os.close(fd)
+    err = Path(err_name)
+    try:
+        proc = multiprocessing.get_context("spawn").Process(
+            target=_collect_child, args=(path, tensors, cap, name, out, err)
+        )
+        proc.start()
+        proc.join()
+        if err.stat().st_size:
+            e = json.loads(err.read_text())
+            raise EdgeqError(e["message"], e["hint"])
+        if proc.exitcode != 0 or not out.is_file():
+            raise RuntimeError(f"statistics of {name} failed in the child process (exit {proc.exitcode}); see above")
+    finally:
+        err.unlink(missing_ok=True)
 
 
 def make_groups(ctx: Context, stats: Stats) -> list[Group]:
