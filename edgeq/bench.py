@@ -118,15 +118,23 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
 def measure(build: Path, component: str, variant: str, repeats: int, warmup: int) -> dict[str, Any]:
     """One measurement in a fresh interpreter (clean peak memory)."""
     args = {"build": str(build), "component": component, "variant": variant, "repeats": repeats, "warmup": warmup}
-    code = "import json, sys; from edgeq.bench import _child; print('\\nRESULT ' + json.dumps(_child(json.loads(sys.argv[1]))))"
+    code = "import sys; from edgeq.bench import _child_main; _child_main(sys.argv[1])"
     r = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
-    line = next((x for x in r.stdout.splitlines()[::-1] if x.startswith("RESULT ")), None)
+    line = next((x for x in r.stdout.splitlines()[::-1] if x.startswith(("RESULT ", "USER-ERROR "))), None)
+    if line is not None and line.startswith("USER-ERROR "):
+        e = json.loads(line[len("USER-ERROR ") :])
+        raise EdgeqError(f"bench {component} ({variant}): {e['message']}", e["hint"])
     if r.returncode != 0 or line is None:
-        err = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        if "EdgeqError" in r.stderr or "edgeq" in err:
-            raise EdgeqError(f"bench {component} ({variant}): {err}")
         raise RuntimeError(f"bench {component} ({variant}) failed:\n{r.stderr[-3000:]}")
     return json.loads(line[len("RESULT ") :])
+
+
+def _child_main(args: str) -> None:
+    """Entry of the measuring process: one RESULT line, or one USER-ERROR line for an EdgeqError."""
+    try:
+        print("\nRESULT " + json.dumps(_child(json.loads(args))))
+    except EdgeqError as e:
+        print("\nUSER-ERROR " + json.dumps({"message": e.message, "hint": e.hint}))
 
 
 def _component_bytes(manifest: dict[str, Any], component: str) -> int:

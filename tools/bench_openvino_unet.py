@@ -15,7 +15,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +22,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_sd15_unet import timed  # noqa: E402
+
 from edgeq.manifest import library_versions, read_manifest  # noqa: E402
-
-
-def timed(fn, feeds, repeats: int, warmup: int = 5) -> dict[str, float]:
-    for _ in range(warmup):
-        fn(feeds)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(feeds)
-        ts.append(time.perf_counter() - t0)
-    return {"median_s": float(np.median(ts)), "min_s": float(np.min(ts)), "max_s": float(np.max(ts))}
 
 
 def main() -> None:
@@ -70,7 +62,7 @@ def main() -> None:
     }
     results = {}
     for name, compiled in variants.items():
-        results[name] = timed(lambda x, c=compiled: c(x), feeds, args.repeats)
+        results[name] = timed(lambda x, c=compiled: c(x), feeds, args.repeats, warmup=5)
         results[name]["precision_hint"] = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     base = results["ov_f32"]["median_s"]
     lines = [

@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -52,8 +51,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_sd15_unet import WORK, export_fp32, feeds, quantize, timed  # noqa: E402
+from bench_sd15_unet import WORK, export_fp32, feeds, peak_rss_gb, quantize, timed  # noqa: E402
+from compare_calibration import images, quantize_static_unet, unet_quality  # noqa: E402
 
+from edgeq.fsutil import write_json  # noqa: E402
 from edgeq.manifest import library_versions  # noqa: E402
 
 METHODS = {  # name: (runtime, precision hint or None, label)
@@ -70,10 +71,6 @@ QUANT_WORK = {
     "ort_quantize_static": WORK / "ort-quantize-static",
     "nncf_int8": WORK / "nncf-int8",
 }
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def rss_gb() -> float:
@@ -128,11 +125,6 @@ def wait_quiet(limit_s: float, threshold: float = 0.1, window_s: float = 3.0) ->
         if other_cpu_share(a, cpu_ticks()) < threshold:
             break
     return round(time.time() - t0, 1)
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def _staged(dst: Path) -> Path:
@@ -395,7 +387,6 @@ def _nncf_tiny(fp32_path: Path, cap, cache: Path) -> tuple[Path, dict]:
 
 def _quantize_static_tiny(fp32_path: Path, cap, cache: Path) -> tuple[Path, dict]:
     import onnxruntime
-    from compare_calibration import quantize_static_unet
 
     key = hashlib.sha256(json.dumps([cap.folder.name, onnxruntime.__version__]).encode()).hexdigest()[:16]
     dst = cache / f"peer-qs-unet-{key}"
@@ -417,12 +408,10 @@ def _quantize_static_tiny(fp32_path: Path, cap, cache: Path) -> tuple[Path, dict
 
 def stage_quality(args: dict) -> dict:
     from edgeq.build import BuildOptions, calibrate, capture_set, prepare, quantize_unet
-    from edgeq.runtime.pipeline import GenerateOptions, Pipeline
+    from edgeq.runtime.pipeline import Pipeline
     from edgeq.runtime.sessions import OrtRunner
     from edgeq.targets import openvino as ov_target
     from edgeq.verify.adherence import adherence
-    from edgeq.verify.checks import unet_groups
-    from edgeq.verify.metrics import psnr_db, ssim
 
     common = {
         "model": "tiny-sd",
@@ -457,25 +446,11 @@ def stage_quality(args: dict) -> dict:
     fp32 = OrtRunner(fp32_path)
     prompts = list(held_cap.settings.prompts)
     fpipe = Pipeline(ctx.export_dir)
-    fp32_unet = fpipe.runners["unet"]
-    ref = [fpipe.generate(GenerateOptions(prompt=p, seed=100_000 + i)) for i, p in enumerate(prompts)]
+    ref = images(fpipe, prompts)
     results = {}
     for name, make in rows.items():
         runner = make()
-        per = unet_groups(fp32, runner, held_cap, groups, desc=name)
-        fpipe.runners["unet"] = runner
-        imgs = [fpipe.generate(GenerateOptions(prompt=p, seed=100_000 + i)) for i, p in enumerate(prompts)]
-        fpipe.runners["unet"] = fp32_unet
-        adh = adherence(prompts, imgs).to_dict()
-        results[name] = {
-            "sqnr_db_per_group": [round(r["sqnr_db"], 2) for r in per],
-            "sqnr_worst_db": round(min(r["sqnr_db"] for r in per), 2),
-            "sqnr_mean_db": round(float(np.mean([r["sqnr_db"] for r in per])), 2),
-            "psnr_db": round(float(np.mean([min(psnr_db(a, b), 100) for a, b in zip(ref, imgs)])), 2),
-            "ssim": round(float(np.mean([ssim(a, b) for a, b in zip(ref, imgs)])), 4),
-            "adherence_colour": adh["colour"],
-            "adherence_shape": adh["shape"],
-        }
+        results[name] = unet_quality(fpipe, fp32, runner, held_cap, groups, ref, name)
         if isinstance(runner, _OvDefaultRunner):
             results[name]["precision_hint"] = runner.hint
         print(name, results[name], flush=True)

@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgeq.build import BuildOptions, calibrate, capture_set, prepare, quantize_unet  # noqa: E402
+from edgeq.build import HELDOUT_SEED, BuildOptions, calibrate, capture_set, prepare, quantize_unet  # noqa: E402
 from edgeq.runtime.pipeline import GenerateOptions, Pipeline  # noqa: E402
 from edgeq.runtime.sessions import GroupedRunner, OrtRunner  # noqa: E402
 from edgeq.verify.adherence import adherence  # noqa: E402
@@ -48,6 +48,32 @@ def quantize_static_unet(fp32_path: Path, cap, out: Path) -> Path:
 
     quantize_static(str(fp32_path), str(out), Reader())
     return out
+
+
+def images(fpipe, prompts: list[str]) -> list[np.ndarray]:
+    """One image per held-out prompt, seeds as the build's checks use them."""
+    return [fpipe.generate(GenerateOptions(prompt=p, seed=HELDOUT_SEED + i)) for i, p in enumerate(prompts)]
+
+
+def unet_quality(fpipe, fp32, runner, held_cap, groups: list[dict], ref: list[np.ndarray], desc: str) -> dict:
+    """UNet SQNR per timestep group, and the pipeline's images with ``runner`` as its UNet against ``ref``."""
+    prompts = list(held_cap.settings.prompts)
+    per = unet_groups(fp32, runner, held_cap, groups, desc=desc)
+    fp32_unet, fpipe.runners["unet"] = fpipe.runners["unet"], runner
+    try:
+        imgs = images(fpipe, prompts)
+    finally:
+        fpipe.runners["unet"] = fp32_unet
+    adh = adherence(prompts, imgs).to_dict()
+    return {
+        "sqnr_db_per_group": [round(r["sqnr_db"], 2) for r in per],
+        "sqnr_worst_db": round(min(r["sqnr_db"] for r in per), 2),
+        "sqnr_mean_db": round(float(np.mean([r["sqnr_db"] for r in per])), 2),
+        "psnr_db": round(float(np.mean([min(psnr_db(a, b), 100) for a, b in zip(ref, imgs)])), 2),
+        "ssim": round(float(np.mean([ssim(a, b) for a, b in zip(ref, imgs)])), 4),
+        "adherence_colour": adh["colour"],
+        "adherence_shape": adh["shape"],
+    }
 
 
 def main() -> None:
@@ -74,28 +100,14 @@ def main() -> None:
         "edgeq --groups 1": OrtRunner(v1.shared_dir / "model.onnx"),
         "edgeq --groups 4 shared": OrtRunner(v4.shared_dir / "model.onnx"),
         "edgeq --groups 4 per-group": GroupedRunner(
-            [(v4.per_group_dir / f"model.g{i}.onnx", g) for i, g in enumerate(groups4)]
+            [(OrtRunner(v4.per_group_dir / f"model.g{i}.onnx"), g) for i, g in enumerate(groups4)]
         ),
         "ORT quantize_static defaults": OrtRunner(qs_path),
     }
     prompts = list(held_cap.settings.prompts)
     fpipe = Pipeline(ctx.export_dir)
-    ref = [fpipe.generate(GenerateOptions(prompt=p, seed=100_000 + i)) for i, p in enumerate(prompts)]
-    results = {}
-    for name, runner in rows.items():
-        per = unet_groups(fp32, runner, held_cap, groups4, desc=name)
-        fpipe.runners["unet"] = runner
-        imgs = [fpipe.generate(GenerateOptions(prompt=p, seed=100_000 + i)) for i, p in enumerate(prompts)]
-        adh = adherence(prompts, imgs).to_dict()
-        results[name] = {
-            "sqnr_db_per_group": [round(r["sqnr_db"], 2) for r in per],
-            "sqnr_worst_db": round(min(r["sqnr_db"] for r in per), 2),
-            "sqnr_mean_db": round(float(np.mean([r["sqnr_db"] for r in per])), 2),
-            "psnr_db": round(float(np.mean([min(psnr_db(a, b), 100) for a, b in zip(ref, imgs)])), 2),
-            "ssim": round(float(np.mean([ssim(a, b) for a, b in zip(ref, imgs)])), 4),
-            "adherence_colour": adh["colour"],
-            "adherence_shape": adh["shape"],
-        }
+    ref = images(fpipe, prompts)
+    results = {name: unet_quality(fpipe, fp32, r, held_cap, groups4, ref, name) for name, r in rows.items()}
     fp32_adh = adherence(prompts, ref).to_dict()
     out = {
         "model": "tiny-sd",

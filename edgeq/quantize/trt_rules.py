@@ -65,7 +65,6 @@ def validate(model: onnx.ModelProto, exclude_patterns: tuple[str, ...] = ()) -> 
     """Every violation of TensorRT's Q/DQ rules in ``model`` (an empty list: the graph is clean)."""
     g = model.graph
     consts = _const_values(g)
-    init_names = {i.name for i in g.initializer}
     prod = {o: n for n in g.node for o in n.output}
     cons: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for n in g.node:
@@ -166,16 +165,10 @@ def validate(model: onnx.ModelProto, exclude_patterns: tuple[str, ...] = ()) -> 
                         "unify them, or split the consuming conv so each half keeps its own scale",
                     )
                 )
-        if n.op_type == "MatMul" and len(n.input) == 2:
-            deq = [prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in n.input]
-            consts_in = [i in init_names or const_source(i) for i in n.input]
-            dq_acts = [
-                d and not (prod[i].input[0] in consts or const_source(prod[i].input[0])) for d, i in zip(deq, n.input)
-            ]
-            if not any(consts_in) and all(dq_acts):
-                out.append(
-                    Violation("attention-float", n.name, "MatMul of two activations (attention) quantized to INT8")
-                )
+        if n.op_type == "MatMul" and all(
+            i in prod and prod[i].op_type == "DequantizeLinear" and not const_source(prod[i].input[0]) for i in n.input
+        ):
+            out.append(Violation("attention-float", n.name, "MatMul of two activations (attention) quantized to INT8"))
         if exclude_patterns and any(re.search(p, n.name) for p in exclude_patterns):
             if any(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear" for i in n.input):
                 out.append(

@@ -17,7 +17,7 @@ import numpy as np
 from edgeq.errors import EdgeqError
 from edgeq.manifest import check_artifacts, read_manifest
 from edgeq.runtime.schedulers import SCHEDULERS, make_scheduler
-from edgeq.runtime.sessions import GroupedRunner, OrtRunner, Runner
+from edgeq.runtime.sessions import OrtRunner, Runner, component_runner
 from edgeq.runtime.tokenizer import OnnxClipTokenizer
 
 RunnerFactory = Callable[[Path, dict[str, Any]], Runner]
@@ -25,9 +25,7 @@ RunnerFactory = Callable[[Path, dict[str, Any]], Runner]
 
 def default_runner(build: Path, info: dict[str, Any]) -> Runner:
     """ONNX Runtime: one graph, or one graph per timestep group (``info["graphs"]``)."""
-    if "graphs" in info:
-        return GroupedRunner([(OrtRunner(build / g["path"]), g) for g in info["graphs"]])
-    return OrtRunner(build / info["path"])
+    return component_runner(OrtRunner, build, info)
 
 
 @dataclass

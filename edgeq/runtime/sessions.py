@@ -51,3 +51,15 @@ class GroupedRunner:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.runners[self._group_for(self.groups, float(feeds["timestep"]))].run(feeds)
+
+
+def one_or_grouped(runners: list[tuple[Runner, dict]]) -> Runner:
+    """The runner of a single graph, or a :class:`GroupedRunner` over per-group graphs."""
+    return runners[0][0] if len(runners) == 1 else GroupedRunner(runners)
+
+
+def component_runner(make, build: Path, info: dict, key: str = "path") -> Runner:
+    """``make(file)`` for a manifest component: its one graph, or each of its per-group graphs."""
+    if "graphs" in info:
+        return GroupedRunner([(make(build / g[key]), g) for g in info["graphs"]])
+    return make(build / info[key])

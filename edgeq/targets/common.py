@@ -30,3 +30,30 @@ def copy_component(
     info["precision"] = "fp32"
     info.pop("validation", None)
     return files, info
+
+
+def graphs_of(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """A manifest component's graphs: its per-group graphs, or itself."""
+    return info["graphs"] if "graphs" in info else [info]
+
+
+def onnx_layout(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[Path, list[Path], dict[str, Any]]:
+    """ONNX Runtime's layout in ``stage/.onnx`` for a target to convert from.
+
+    Tokenizers, scheduler, index and configs move over to ``stage`` as they are; the graphs (and
+    their weights) stay in the temporary folder, which the caller removes after converting them.
+    Returns (temporary folder, moved files, ONNX Runtime's component entries).
+    """
+    from edgeq.targets import ort_cpu
+
+    tmp = stage / ".onnx"
+    onnx_files, comps = ort_cpu.package(ctx, tmp, unet, mode, vae_dir)
+    graphs = {tmp / g["path"] for info in comps.values() for g in graphs_of(info)}
+    files: list[Path] = []
+    for f in onnx_files:
+        if f not in graphs and not f.name.endswith(".onnx_data"):
+            dst = stage / f.relative_to(tmp)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(f), dst)
+            files.append(dst)
+    return tmp, files, comps

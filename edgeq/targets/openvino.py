@@ -18,8 +18,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from edgeq.runtime.sessions import GroupedRunner
-from edgeq.targets import ort_cpu
+from edgeq.runtime.sessions import component_runner, one_or_grouped
+from edgeq.targets.common import graphs_of, onnx_layout
 
 COMPUTE_LAYERS = ("Convolution", "MatMul", "FullyConnected", "GroupConvolution", "Deconvolution")
 
@@ -89,22 +89,12 @@ def _convert(src: Path, xml: Path) -> None:
 def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
     """The ONNX Runtime layout first (in a temporary folder), then every graph converted to IR."""
     opts = _options(ctx.profile.runtime_options)
-    tmp = stage / ".onnx"
-    onnx_files, onnx_comps = ort_cpu.package(ctx, tmp, unet, mode, vae_dir)
-    files: list[Path] = []
-    graphs_of = {tmp / g["path"] for info in onnx_comps.values() for g in (info.get("graphs") or [info])}
-    for f in onnx_files:  # tokenizers, scheduler, index and configs move over as they are
-        if f not in graphs_of and not f.name.endswith(".onnx_data"):
-            dst = stage / f.relative_to(tmp)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(f), dst)
-            files.append(dst)
+    tmp, files, onnx_comps = onnx_layout(ctx, stage, unet, mode, vae_dir)
     comps: dict[str, Any] = {}
     for name, info in onnx_comps.items():
-        graphs = info.get("graphs") or [{"path": info["path"]}]
         new_graphs = []
         precisions: dict[str, int] = {}
-        for g in graphs:
+        for g in graphs_of(info):
             rel = Path(g["path"]).with_suffix(".xml")
             (stage / rel.parent).mkdir(parents=True, exist_ok=True)
             _convert(tmp / g["path"], stage / rel)
@@ -131,9 +121,7 @@ def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[li
 
 def _runner(build: Path, info: dict[str, Any]):
     opts = _options(info.get("openvino", {}))
-    if "graphs" in info:
-        return GroupedRunner([(OpenVinoRunner(build / g["path"], **opts), g) for g in info["graphs"]])
-    return OpenVinoRunner(build / info["path"], **opts)
+    return component_runner(lambda p: OpenVinoRunner(p, **opts), build, info)
 
 
 def float_runner(path: Path, manifest: dict[str, Any]):
@@ -151,6 +139,4 @@ def runners() -> dict[str, Any]:
 def unet_runner(ctx, graphs: list[tuple[Path, dict]]):
     """The checks run UNet variants with OpenVINO too (it reads the Q/DQ ONNX with the same frontend)."""
     opts = _options(ctx.profile.runtime_options)
-    if len(graphs) == 1:
-        return OpenVinoRunner(graphs[0][0], **opts)
-    return GroupedRunner([(OpenVinoRunner(p, **opts), g) for p, g in graphs])
+    return one_or_grouped([(OpenVinoRunner(p, **opts), g) for p, g in graphs])

@@ -65,8 +65,6 @@ def runners() -> dict[str, Any]:
 
 def unet_runner(ctx, graphs: list[tuple[Path, dict]]):
     """How the checks run a UNet variant (Q/DQ ONNX graphs) on this target: ONNX Runtime."""
-    from edgeq.runtime.sessions import GroupedRunner, OrtRunner
+    from edgeq.runtime.sessions import OrtRunner, one_or_grouped
 
-    if len(graphs) == 1:
-        return OrtRunner(graphs[0][0])
-    return GroupedRunner([(OrtRunner(p), g) for p, g in graphs])
+    return one_or_grouped([(OrtRunner(p), g) for p, g in graphs])

@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import EdgeqError
-from edgeq.runtime.sessions import GroupedRunner, Runner
-from edgeq.targets import ort_cpu
+from edgeq.runtime.sessions import component_runner, one_or_grouped
+from edgeq.targets.common import graphs_of, onnx_layout
 
 RUNTIME = "onnxruntime-ort"  # manifest runtime name: ORT-format graphs on ONNX Runtime
 ORT_LIMIT = 2**31 - 1  # bytes: flatbuffers' 2 GB offset limit
@@ -292,20 +292,11 @@ def parse_usability(lines: list[str]) -> dict[str, dict[str, Any]]:
 def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
     """The ONNX Runtime layout first (in a temporary folder), then every graph converted to ``.ort``."""
     opts = mobile_options(ctx.profile)
-    tmp = stage / ".onnx"
-    onnx_files, onnx_comps = ort_cpu.package(ctx, tmp, unet, mode, vae_dir)
-    graphs_of = {tmp / g["path"] for info in onnx_comps.values() for g in (info.get("graphs") or [info])}
-    files: list[Path] = []
-    for f in onnx_files:  # tokenizers, scheduler, index, configs move over; the converter sees graphs only
-        if f not in graphs_of and not f.name.endswith(".onnx_data"):
-            dst = stage / f.relative_to(tmp)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(f), dst)
-            files.append(dst)
+    tmp, files, onnx_comps = onnx_layout(ctx, stage, unet, mode, vae_dir)  # the converter sees graphs only
     checks: dict[str, dict[str, Any]] = {}
     flavours: dict[str, dict[str, int]] = {}
     for name, info in onnx_comps.items():
-        graphs = info.get("graphs") or [info]
+        graphs = graphs_of(info)
         for g in graphs:
             check_ort_size(tmp / g["path"], name)
         # group graphs differ only in scales and biases: one check stands for all of them
@@ -368,9 +359,7 @@ class OrtFormatRunner:
 
 
 def _runner(build: Path, info: dict[str, Any]):
-    if "graphs" in info:
-        return GroupedRunner([(OrtFormatRunner(build / g["path"]), g) for g in info["graphs"]])
-    return OrtFormatRunner(build / info["path"])
+    return component_runner(OrtFormatRunner, build, info)
 
 
 def runners() -> dict[str, Any]:
@@ -408,7 +397,4 @@ def unet_runner(ctx, graphs: list[tuple[Path, dict]]):
         shutil.rmtree(onnx_dir)
         (part / "done").write_text("ok\n")
         os.replace(part, root)
-    runs: list[tuple[Runner, dict]] = [
-        (OrtFormatRunner(root / "ort" / Path(p.name).with_suffix(".ort")), g) for p, g in graphs
-    ]
-    return runs[0][0] if len(runs) == 1 else GroupedRunner(runs)
+    return one_or_grouped([(OrtFormatRunner(root / "ort" / Path(p.name).with_suffix(".ort")), g) for p, g in graphs])

@@ -28,14 +28,16 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeq.errors import EdgeqError
-from edgeq.runtime.sessions import GroupedRunner, OrtRunner
+from edgeq.runtime.pipeline import default_runner
+from edgeq.runtime.sessions import OrtRunner, component_runner, one_or_grouped
+from edgeq.targets.common import graphs_of, onnx_layout
 
 ENGINES_NOT_BUILT = 4  # exit code of `edgeq build --target tensorrt` where engines cannot be built
 SIMULATED = "tensorrt-simulated"
@@ -59,12 +61,11 @@ class TrtOptions:
     builder_optimization_level: int = 3
     float_precision: str = "fp16"
     keep_fp32: tuple[str, ...] = ("^/time_proj/",)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_profile(cls, raw: dict[str, Any], where: str = "the profile") -> TrtOptions:
         d = dict(raw)
-        unknown = set(d) - set(cls.__dataclass_fields__) - {"extra"}
+        unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise EdgeqError(f"{where}: unknown keys in [tensorrt]: {', '.join(sorted(unknown))}")
         for k in ("batch", "resolution_scale", "keep_fp32"):
@@ -199,10 +200,6 @@ def shape_profiles(manifest: dict[str, Any], opts: TrtOptions) -> dict[str, dict
     return out
 
 
-def _graphs(info: dict[str, Any]) -> list[dict[str, Any]]:
-    return info["graphs"] if "graphs" in info else [info]
-
-
 def trtexec_script(manifest: dict[str, Any], opts: TrtOptions) -> str:
     """The same engines with ``trtexec``: one command per graph, run from the build folder."""
     lines = [
@@ -215,7 +212,7 @@ def trtexec_script(manifest: dict[str, Any], opts: TrtOptions) -> str:
     profiles = shape_profiles(manifest, opts)
     for name, info in manifest["components"].items():
         shapes = profiles.get(name, {})
-        for g in _graphs(info):
+        for g in graphs_of(info):
             onnx_path = g["path"]
             plan = str(Path(onnx_path).with_suffix(".plan"))
             args = [
@@ -246,26 +243,16 @@ def options(ctx) -> TrtOptions:
 def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
     """ONNX Runtime's layout first (temporary), then every graph rewritten as TensorRT's graph."""
     from edgeq.quantize import trt_rules
-    from edgeq.targets import ort_cpu
 
     opts = options(ctx)
-    tmp = stage / ".onnx"
-    onnx_files, comps = ort_cpu.package(ctx, tmp, unet, mode, vae_dir)
-    graph_paths = {tmp / g["path"] for info in comps.values() for g in _graphs(info)}
-    files: list[Path] = []
-    for f in onnx_files:
-        if f not in graph_paths and not f.name.endswith(".onnx_data"):
-            dst = stage / f.relative_to(tmp)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(f), dst)
-            files.append(dst)
+    tmp, files, comps = onnx_layout(ctx, stage, unet, mode, vae_dir)
     profiles = shape_profiles({**ctx.export_manifest, "components": comps}, opts)
     rules_text = []
     excl = tuple(e.pattern for e in ctx.profile.policy("unet").exclude)
     for name, info in comps.items():
         violations = 0
         by_rule: dict[str, int] = {}
-        for g in _graphs(info):
+        for g in graphs_of(info):
             dst = stage / g["path"]
             to_trt_onnx(tmp / g["path"], dst, opts)
             files.append(dst)
@@ -299,20 +286,13 @@ def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[li
 # --- runners -------------------------------------------------------------------------------------------
 
 
-def _simulated(build: Path, info: dict[str, Any]):
-    if "graphs" in info:
-        return GroupedRunner([(OrtRunner(build / g["path"]), g) for g in info["graphs"]])
-    return OrtRunner(build / info["path"])
-
-
 def _engine(build: Path, info: dict[str, Any]):
-    if "graphs" in info:
-        return GroupedRunner([(TrtRunner(build / g["engine"], info["tensorrt"]), g) for g in info["graphs"]])
-    return TrtRunner(build / info["engine"], info["tensorrt"])
+    return component_runner(lambda p: TrtRunner(p, info["tensorrt"]), build, info, key="engine")
 
 
 def runners() -> dict[str, Any]:
-    return {SIMULATED: _simulated, ENGINE: _engine}
+    """Engines where built; until then ONNX Runtime runs the TensorRT graphs (the CPU simulation)."""
+    return {SIMULATED: default_runner, ENGINE: _engine}
 
 
 def unet_runner(ctx, graphs: list[tuple[Path, dict]]):
@@ -329,7 +309,7 @@ def unet_runner(ctx, graphs: list[tuple[Path, dict]]):
             to_trt_onnx(path, tmp / "model.onnx", opts)
             tmp.rename(dst.parent)
         runners_.append((OrtRunner(dst), g))
-    return runners_[0][0] if len(runners_) == 1 else GroupedRunner(runners_)
+    return one_or_grouped(runners_)
 
 
 # --- engines (NVIDIA GPU + tensorrt) ------------------------------------------------------------------
@@ -460,7 +440,7 @@ def build_engines(folder: Path, log=print) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     new_files = []
     for name, info in manifest["components"].items():
-        for g in _graphs(info):
+        for g in graphs_of(info):
             plan = (folder / g["path"]).with_suffix(".plan")
             log(f"building TensorRT engine {plan.relative_to(folder)} ...")
             res = build_engine(folder / g["path"], plan, profiles.get(name, {}), opts, cache, log)
@@ -576,7 +556,7 @@ def engines_status(ctx, folder: Path) -> dict[str, Any]:
     reason = unavailable_reason()
     if reason:
         return {"built": False, "reason": reason, "checks": sim, "finish": finish_cmd}
-    return {"built": False, "reason": "pending: built after the CPU-simulated checks pass", "checks": sim}
+    return {"built": False, "pending": True, "reason": "built after the CPU-simulated checks pass", "checks": sim}
 
 
 def deployed_unet_runner(folder: Path, manifest: dict[str, Any]):
@@ -599,11 +579,15 @@ def finish(folder: Path, ctx, held_cap, rep, log=print):
     manifest = read_manifest(folder)
     manifest["artifacts"].update(artifact_table(folder, ["report_cpu_simulation.json", "report_cpu_simulation.md"]))
     status = manifest.get("engines_status", {})
-    if not str(status.get("reason", "")).startswith("pending"):
+    if not status.get("pending"):
         write_manifest(folder, manifest)
         return rep
     if not rep.passed:
-        manifest["engines_status"] = {**status, "reason": "the CPU-simulated gates failed; no engines built"}
+        manifest["engines_status"] = {
+            **status,
+            "pending": False,
+            "reason": "the CPU-simulated gates failed; no engines built",
+        }
         write_manifest(folder, manifest)
         return rep
     write_manifest(folder, manifest)
