@@ -52,6 +52,8 @@ class BuildOptions:
     range_method: str | None = None
     calib_prompts: Path | None = None
     num_calib: int | None = None
+    calib_calls: int | None = None  # UNet calls the statistics use, spread over steps; None: the preset's
+    goal_sqnr_db: float | None = None  # mixed precision: worst-group UNet SQNR to reach; None: the profile's
     heldout_prompts: Path | None = None
     num_heldout: int | None = None
     seed: int = 0
@@ -78,6 +80,18 @@ class Context:
     def spec(self):
         return self.source.spec
 
+    @property
+    def goal_sqnr_db(self) -> float | None:
+        """Mixed-precision goal: the command line's, else the UNet policy's (None: off)."""
+        return (
+            self.opts.goal_sqnr_db if self.opts.goal_sqnr_db is not None else self.profile.policy("unet").goal_sqnr_db
+        )
+
+    @property
+    def calib_calls(self) -> int | None:
+        """How many captured UNet calls the statistics use (None: all)."""
+        return self.opts.calib_calls if self.opts.calib_calls is not None else self.spec.calib_calls
+
     def prompts(self, which: str) -> list[str]:
         given = self.opts.calib_prompts if which == "calibration" else self.opts.heldout_prompts
         path = (
@@ -89,11 +103,14 @@ class Context:
         )
         prompts = read_prompts(path)
         n = self.opts.num_calib if which == "calibration" else self.opts.num_heldout
-        default = 32 if which == "calibration" else (64 if self.spec.calibration_data == "tiny-sd" else 8)
+        default = self.spec.num_calib if which == "calibration" else self.spec.num_heldout
         n = default if n is None else n
         if n < 1:
             raise EdgeqError(f"--num-{'calib' if which == 'calibration' else 'heldout'} must be at least 1, got {n}")
         return prompts[:n]
+
+
+MIXED_CALLS = 80  # calibration calls the mixed-precision search evaluates (spread over steps and prompts)
 
 
 def _key(*parts: Any) -> str:
@@ -114,6 +131,8 @@ def prepare(opts: BuildOptions, log=print) -> Context:
         raise EdgeqError(f"--group-mode {mode!r} is not one of {', '.join(GROUP_MODES)}")
     if grouping not in GROUPINGS:
         raise EdgeqError(f"--grouping {grouping!r} is not one of {', '.join(GROUPINGS)}")
+    if opts.calib_calls is not None and opts.calib_calls < 1:
+        raise EdgeqError(f"--calib-calls must be at least 1, got {opts.calib_calls}")
     if opts.range_method and opts.range_method not in METHODS:
         raise EdgeqError(f"--range-method {opts.range_method!r} is not one of {', '.join(METHODS)}")
     source = resolve(opts.model, opts.weights, opts.config_dir)
@@ -131,6 +150,12 @@ def prepare(opts: BuildOptions, log=print) -> Context:
     res = export(source, cache / folder, settings, log=log)
     ctx = Context(opts, source, profile, cache, res.folder, read_manifest(res.folder), groups_n, mode, grouping)
     ctx.timings["export_s"] = round(time.time() - t0, 1)
+    steps = ctx.export_manifest["pipeline"]["steps"]
+    if ctx.calib_calls is not None and ctx.calib_calls < steps:
+        raise EdgeqError(
+            f"--calib-calls {ctx.calib_calls} is fewer than the {steps} denoising steps",
+            f"give at least {steps}, so every step has statistics",
+        )
     return ctx
 
 
@@ -176,26 +201,32 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentCalib
         if name == "text_encoder":
             raise EdgeqError("quantizing the text encoder is not supported yet", 'set [text_encoder] mode = "float"')
         tensors = tensors_to_calibrate(graph, decisions)
-        key = _key(str(cap.folder), tensors, ctx.export_manifest["cache_key"])
+        limit = ctx.calib_calls if name == "unet" else None
+        if limit is not None and limit >= len(cap):
+            limit = None
+        key = _key(str(cap.folder), tensors, ctx.export_manifest["cache_key"], limit)
         stats_path = ctx.cache / f"stats-{name}-{key}.npz"
         t0 = time.time()
         if stats_path.is_file():
             stats = Stats.load(stats_path)
             log(f"reusing statistics {stats_path.name}")
         else:
-            collect_isolated(path, tensors, cap, name, stats_path)
+            collect_isolated(path, tensors, cap, name, stats_path, limit)
             stats = Stats.load(stats_path)
         ctx.timings[f"statistics_{name}_s"] = round(time.time() - t0, 1)
         out[name] = ComponentCalibration(name, policy, decisions, tensors, stats)
     return out
 
 
-def _collect_child(path: Path, tensors: list[str], cap: Capture, name: str, out: Path, err: Path) -> None:
+def _collect_child(
+    path: Path, tensors: list[str], cap: Capture, name: str, out: Path, err: Path, limit: int | None
+) -> None:
     """Child process body of :func:`collect_isolated`."""
     try:
         if name == "unet":
-            samples = ((s.step, s.feeds) for s in cap.unet_samples())
-            stats = collect(path, tensors, samples, list(cap.timesteps), len(cap), desc="statistics unet")
+            samples = ((s.step, s.feeds) for s in cap.unet_samples(limit))
+            total = len(cap) if limit is None else limit
+            stats = collect(path, tensors, samples, list(cap.timesteps), total, desc="statistics unet")
         else:
             samples = ((0, {"latent_sample": z}) for z in cap.vae_inputs())
             stats = collect(path, tensors, samples, [0.0], len(cap.settings.prompts), desc=f"statistics {name}")
@@ -205,8 +236,10 @@ def _collect_child(path: Path, tensors: list[str], cap: Capture, name: str, out:
         raise SystemExit(2) from None
 
 
-def collect_isolated(path: Path, tensors: list[str], cap: Capture, name: str, out: Path) -> None:
-    """Statistics of ``name`` into ``out``, collected in a child process.
+def collect_isolated(
+    path: Path, tensors: list[str], cap: Capture, name: str, out: Path, limit: int | None = None
+) -> None:
+    """Statistics of ``name`` into ``out``, collected in a child process (``limit``: UNet calls used).
 
     ONNX Runtime's session for the augmented graph holds the weights plus every requested activation
     of one call (7.4 GB on the SD1.5 UNet). In one process that memory is not all given back, and
@@ -221,7 +254,7 @@ def collect_isolated(path: Path, tensors: list[str], cap: Capture, name: str, ou
     err = Path(err_name)
     try:
         proc = multiprocessing.get_context("spawn").Process(
-            target=_collect_child, args=(path, tensors, cap, name, out, err)
+            target=_collect_child, args=(path, tensors, cap, name, out, err, limit)
         )
         proc.start()
         proc.join()
@@ -268,7 +301,218 @@ class UnetVariants:
     metrics: dict[str, list[dict]] = field(default_factory=dict)
 
 
-def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVariants:
+def unet_eval_samples(ctx: Context, cap: Capture, groups: list[Group], limit: int | None) -> list:
+    """Captured UNet calls with their FP32 outputs and timestep group, for the sensitivity evaluator."""
+    from edgeq.calibrate.grouping import group_for
+    from edgeq.quantize.sensitivity import EvalSample
+    from edgeq.runtime.sessions import OrtRunner
+
+    fp32 = None
+    out = []
+    for s in cap.unet_samples(limit if limit is not None and limit < len(cap) else None):
+        ref = s.reference
+        if ref is None:  # a capture made before outputs were recorded
+            fp32 = fp32 or OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"])
+            ref = fp32.run(s.feeds)["out_sample"]
+        out.append(EvalSample(s.feeds, ref, group_for(groups, s.timestep)))
+    return out
+
+
+def unet_macs(ctx: Context, cal: ComponentCalibration, cap: Capture) -> tuple[dict[str, int], set[str]]:
+    """MACs of every candidate node for one captured call, and the activation-by-activation MatMuls."""
+    import onnx
+
+    from edgeq.quantize.policy import _constant_names
+    from edgeq.quantize.sensitivity import count_macs
+
+    fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    g = onnx.load(str(fp32), load_external_data=False).graph
+    const = _constant_names(g)
+    act_act = {n.name for n in g.node if n.op_type == "MatMul" and n.input[1] not in const}
+    feeds = next(iter(cap.unet_samples(len(cap.timesteps)))).feeds
+    return count_macs(fp32, feeds, [d.node for d in cal.decisions]), act_act
+
+
+def float_shares(decisions: list[Decision], macs: dict[str, int], act_act: set[str]) -> dict[str, Any]:
+    """Share of the weight layers' MACs left float, and the attention MatMuls apart."""
+    weight = {d.node: macs.get(d.node, 0) for d in decisions if d.node not in act_act}
+    total = max(sum(weight.values()), 1)
+    att = [d for d in decisions if d.node in act_act]
+    return {
+        "weight_layer_macs": sum(weight.values()),
+        "float_share": sum(v for d in decisions if d.node in weight and not d.quantized for v in [weight[d.node]])
+        / total,
+        "attention_matmul_macs": sum(macs.get(d.node, 0) for d in att),
+        "attention_matmuls_float": sum(1 for d in att if not d.quantized),
+        "attention_matmuls": len(att),
+    }
+
+
+def mixed_precision(
+    ctx: Context, cal: ComponentCalibration, groups: list[Group], shared: dict, cap: Capture, log=print
+) -> tuple[list[Decision], dict]:
+    """Leave float the fewest nodes that bring the worst group to the goal (cached per inputs).
+
+    Searched on calibration calls with the shared ranges (the harder case: per-group ranges only
+    do better), then measured for real by the build's checks on held-out prompts.
+    """
+    from edgeq.quantize.sensitivity import Evaluator, search, switchable_model
+
+    goal = ctx.goal_sqnr_db
+    fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    key = _key(
+        "mixed-1",
+        ctx.export_manifest["cache_key"],
+        asdict(cal.policy),
+        goal,
+        shared,
+        [g.to_dict() for g in groups],
+        [asdict(d) for d in cal.decisions],
+        str(cap.folder),
+        MIXED_CALLS,
+    )
+    path = ctx.cache / f"mixed-unet-{key}.json"
+    t0 = time.time()
+    if path.is_file():
+        res = json.loads(path.read_text())
+        log(f"reusing the mixed-precision search {path.name}")
+    else:
+        macs, act_act = unet_macs(ctx, cal, cap)
+        base = float_shares(cal.decisions, macs, act_act)
+        weight_total = max(base["weight_layer_macs"], 1)
+        share = {n: (0.0 if n in act_act else v / weight_total) for n, v in macs.items()}
+        sw = switchable_model(fp32, cal.decisions, cal.policy)
+        samples = unet_eval_samples(ctx, cap, [g.to_dict() for g in groups], MIXED_CALLS)
+        ev = Evaluator(sw, samples, [shared] * len(groups), cal.policy.activation_symmetric, ctx.cache)
+        log(f"mixed precision: goal worst-group SQNR >= {goal} dB on {len(samples)} calibration calls")
+        mp = search(ev, sw, share, goal, cal.policy.max_float_mac_share, base_share=base["float_share"], log=log)
+        res = mp.to_dict() | {
+            "macs": macs,
+            "activation_matmuls": sorted(act_act),
+            "profile_float_share": base["float_share"],
+        }
+        write_json(path, res)
+    ctx.timings["mixed_precision_s"] = round(time.time() - t0, 1)
+    chosen = {f["node"]: f for f in res["float_nodes"]}
+    decisions = [
+        replace(
+            d,
+            quantized=False,
+            reason=(
+                f"sensitivity: left float to reach worst-group SQNR >= {goal:g} dB; its float copy gained "
+                f"{chosen[d.node]['gain_db']:.2f} dB; {100 * chosen[d.node]['mac_share']:.2f}% of weight-layer MACs"
+            ),
+        )
+        if d.node in chosen
+        else d
+        for d in cal.decisions
+    ]
+    return decisions, res
+
+
+def sensitivity_analysis(
+    opts: BuildOptions, calls: int = 80, out: Path | None = None, log=print
+) -> tuple[dict[str, Any], Path]:
+    """``edgeq sensitivity``: every UNet candidate node quantized alone and left float alone.
+
+    Measured on held-out captured calls with the ranges the build would deploy (per-group ranges
+    for ``--group-mode per-group``, else the shared ones). With a goal (``--goal-sqnr`` or the
+    profile's), also the mixed-precision search and its trade-off curve. Writes sensitivity.json,
+    sensitivity.md, sensitivity.png (and tradeoff.png) into ``out``.
+    """
+    from edgeq.quantize.sensitivity import Evaluator, measure, search, switchable_model
+    from edgeq.verify.report import _png, sensitivity_plot, tradeoff_plot
+
+    if calls < 1:
+        raise EdgeqError(f"--calls must be at least 1, got {calls}")
+    ctx = prepare(opts, log)
+    cal_cap = capture_set(ctx, "calibration")
+    cal = calibrate(ctx, cal_cap, log)["unet"]
+    if cal.policy.mode != "int8" or not any(d.quantized for d in cal.decisions):
+        raise EdgeqError(
+            f"target {ctx.profile.name} quantizes no UNet node: nothing to rank", 'set [unet] mode = "int8"'
+        )
+    out = out or Path("build") / f"{ctx.spec.name.strip('./').replace('/', '_')}-{ctx.profile.name}-sensitivity"
+    method = ctx.opts.range_method or cal.policy.range_method
+    groups = make_groups(ctx, cal.stats)
+    per_group, shared = choose_ranges(cal, groups, method)
+    ranges = per_group if ctx.group_mode == "per-group" else [shared] * len(groups)
+    held = capture_set(ctx, "heldout")
+    gd = [g.to_dict() for g in groups]
+    samples = unet_eval_samples(ctx, held, gd, max(calls, len(held.timesteps)))
+    macs, act_act = unet_macs(ctx, cal, cal_cap)
+    fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    t0 = time.time()
+    sw = switchable_model(fp32, cal.decisions, cal.policy)
+    ev = Evaluator(sw, samples, ranges, cal.policy.activation_symmetric, ctx.cache)
+    base, rows = measure(ev, cal.decisions, macs, act_act)
+    shares = float_shares(cal.decisions, macs, act_act)
+    res: dict[str, Any] = {
+        "model": ctx.spec.name,
+        "target": ctx.profile.name,
+        "ranges": "per-group" if ctx.group_mode == "per-group" else "shared",
+        "groups": gd,
+        "calls": len(samples),
+        "baseline_db": [float(v) for v in base],
+        "float_macs": shares,
+        "nodes": [r.to_dict() for r in rows],
+        "profile_exclusions": [asdict(d) for d in cal.decisions if not d.quantized],
+    }
+    goal = ctx.goal_sqnr_db
+    if goal is not None:
+        share = {r.node: r.mac_share for r in rows}
+        mp = search(ev, sw, share, goal, cal.policy.max_float_mac_share, base_share=shares["float_share"], log=log)
+        res["mixed_precision"] = mp.to_dict()
+    res["seconds"] = round(time.time() - t0, 1)
+    res["evaluated_calls"] = ev.calls
+    with staged_dir(out) as stage:
+        write_json(stage / "sensitivity.json", res)
+        (stage / "sensitivity.png").write_bytes(_png(sensitivity_plot(res["nodes"])))
+        if goal is not None:
+            (stage / "tradeoff.png").write_bytes(_png(tradeoff_plot(res["mixed_precision"]["curve"], goal)))
+        (stage / "sensitivity.md").write_text(_sensitivity_markdown(res))
+    return res, out
+
+
+def _sensitivity_markdown(res: dict[str, Any]) -> str:
+    g = res["groups"]
+    lines = [
+        f"# UNet sensitivity: {res['model']} -> {res['target']}",
+        "",
+        f"{res['calls']} held-out UNet calls, {res['ranges']} ranges, {len(res['nodes'])} candidate nodes. "
+        "All quantized: " + ", ".join(f"group {x['index']} {v:.2f} dB" for x, v in zip(g, res["baseline_db"])) + ".",
+        "",
+        "*float gain*: worst-group SQNR gained when only this node is left float (the others quantized). "
+        "*alone*: per-group SQNR with only this node quantized. MACs %: of the weight layers' MACs; "
+        "attention score/value MatMuls (activation x activation) are marked *attn* and counted apart.",
+        "",
+        "| rank | node | op | MACs % | float gain dB | alone dB per group |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, r in enumerate(res["nodes"], 1):
+        share = "attn" if r["activation_matmul"] else f"{100 * r['mac_share']:.2f}"
+        alone = " / ".join(f"{v:.1f}" for v in r["alone_db"])
+        lines.append(f"| {k} | {r['node']} | {r['op_type']} | {share} | {r['float_gain_db']:.2f} | {alone} |")
+    lines += ["", "![sensitivity](sensitivity.png)", ""]
+    mp = res.get("mixed_precision")
+    if mp:
+        lines += [
+            f"## Mixed precision to worst group >= {mp['goal_db']:g} dB: {'met' if mp['met'] else 'not met'}",
+            "",
+            "| float share % | worst dB | mean dB | nodes float |",
+            "|---|---|---|---|",
+            *(
+                f"| {100 * c['float_share']:.2f} | {c['worst_db']:.2f} | {c['mean_db']:.2f} | {c['nodes_float']} |"
+                for c in mp["curve"]
+            ),
+            "",
+            "![trade-off](tradeoff.png)",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def quantize_unet(ctx: Context, cal: ComponentCalibration, cap: Capture, log=print) -> UnetVariants:
     import onnx
 
     from edgeq.quantize.insert import (
@@ -282,6 +526,9 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVar
     groups = make_groups(ctx, cal.stats)
     per_group, shared = choose_ranges(cal, groups, method)
     fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    mixed = None
+    if ctx.goal_sqnr_db is not None:
+        cal.decisions, mixed = mixed_precision(ctx, cal, groups, shared, cap, log)
     key = _key(
         QDQ_VERSION,
         ctx.export_manifest["cache_key"],
@@ -290,6 +537,7 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVar
         [g.to_dict() for g in groups],
         shared,
         per_group,
+        [asdict(d) for d in cal.decisions],
     )
     root = ctx.cache / f"quant-unet-{key}"
     t0 = time.time()
@@ -342,6 +590,8 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, log=print) -> UnetVar
             for t in cal.tensors
         },
         "weights": weight_summary(shared_model),
+        "float_macs": float_shares(cal.decisions, *unet_macs(ctx, cal, cap)),
+        "mixed_precision": mixed,
         "quantized_nodes": [d.node for d in cal.decisions if d.quantized],
         "excluded_nodes": [
             {"node": d.node, "op_type": d.op_type, "reason": d.reason} for d in cal.decisions if not d.quantized
@@ -423,7 +673,7 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
         return None, None
     out = opts.out or Path("build") / f"{ctx.spec.name.strip('./').replace('/', '_')}-{ctx.profile.name}"
     held_cap = capture_set(ctx, "heldout")
-    unet = quantize_unet(ctx, cals["unet"], log) if cals["unet"].policy.mode == "int8" else None
+    unet = quantize_unet(ctx, cals["unet"], cal_cap, log) if cals["unet"].policy.mode == "int8" else None
     vae_cal = cals.get("vae_decoder")
     vae_dir, vae_plan = quantize_single(ctx, vae_cal) if vae_cal and vae_cal.policy.mode == "int8" else (None, None)
     unet_info: dict[str, Any] = {}
@@ -446,7 +696,16 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
             unet.metrics["per-group"] = unet_groups(fp32_unet, runner, held_cap, groups, "check unet (per-group)")
         ctx.timings["check_unet_s"] = round(time.time() - t0, 1)
         chosen = _choose_mode(ctx, unet)
-        unet_info = {"mode": chosen, "groups": groups, "variants": unet.metrics}
+        mp = unet.plan["mixed_precision"]
+        unet_info = {
+            "mode": chosen,
+            "groups": groups,
+            "variants": unet.metrics,
+            "precision": {
+                "float_macs": unet.plan["float_macs"],
+                "mixed_precision": {k: v for k, v in mp.items() if k != "macs"} if mp else None,
+            },
+        }
     with staged_dir(out) as stage:
         files, components = target.package(ctx, stage, unet, chosen, vae_dir)
         write_json(
@@ -520,7 +779,12 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
         )
         gates.append(Gate("vae_decoder", "psnr_db", None, v, g.vae_psnr_db))
     e2e, grid = report_mod.end_to_end(
-        fpipe, qpipe, list(held_cap.settings.prompts), HELDOUT_SEED, tiny_sd=ctx.spec.calibration_data == "tiny-sd"
+        fpipe,
+        qpipe,
+        list(held_cap.settings.prompts),
+        HELDOUT_SEED,
+        tiny_sd=ctx.spec.calibration_data == "tiny-sd",
+        reference=list(held_cap.final_latents()),  # the held-out capture is the FP32 pipeline's run
     )
     gates.append(Gate("pipeline", "psnr_db", None, e2e["psnr_db"], g.e2e_psnr_db))
     gates.append(Gate("pipeline", "ssim", None, e2e["ssim"], g.e2e_ssim))
@@ -552,6 +816,7 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
         settings=q.get("settings", {}),
         usability={k: v["usability"] for k, v in manifest["components"].items() if "usability" in v},
         engines=manifest.get("engines_status", {}),
+        precision=q.get("precision", {}),
     )
     report_mod.write(folder, rep, grid)
     report_files = ["report.json", "report.md", "report.html", "grid.png", "sqnr_per_group.png"]

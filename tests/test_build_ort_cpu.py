@@ -11,6 +11,7 @@ from conftest import cli, run_without_torch
 
 from edgeq.calibrate.capture import CaptureSettings, capture
 from edgeq.errors import EdgeqError
+from edgeq.runtime.sessions import OrtRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +135,8 @@ def test_failed_gate_exits_nonzero_and_keeps_artifacts(tiny_build, tmp_path):
         (["--groups", "0"], "--groups must be at least 1"),
         (["--calib-prompts", "/nonexistent/prompts.txt"], "does not exist"),
         (["--target", "no-such-target"], "no target profile"),
+        (["--calib-calls", "0"], "--calib-calls must be at least 1"),
+        (["--calib-calls", "5"], "--calib-calls 5 is fewer than the 20 denoising steps"),
     ],
 )
 def test_bad_options(args, message, tmp_path):
@@ -174,6 +177,15 @@ def test_interrupted_capture_resumes_and_corrupt_shard_is_named(tiny_exports, tm
     samples = list(cap.unet_samples())
     assert len(samples) == 9 and [s.step for s in samples[:3]] == [0, 1, 2]
     assert all(np.isfinite(s.feeds["sample"]).all() for s in samples)
+    # the FP32 output is captured with each input: the checks compare against it without rerunning
+    fp32 = OrtRunner(tiny_exports["sd15"] / "unet" / "model.onnx")
+    for s in samples[::4]:
+        np.testing.assert_array_equal(s.reference, fp32.run(s.feeds)["out_sample"])
+    # a budget of calls visits every step before any step twice, rotating through the prompts
+    assert cap.calls(3) == [(0, 0), (1, 1), (2, 2)]
+    assert cap.calls(5) == [(0, 0), (1, 0), (1, 1), (2, 1), (2, 2)]
+    assert [(s.prompt_index, s.step) for s in cap.unet_samples(4)] == cap.calls(4)
+    assert sorted(cap.calls(None)) == sorted(cap.calls(9)) and len(set(cap.calls(None))) == 9
     (folder / "shard-00001.npz").write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(EdgeqError, match="shard-00001.npz is damaged"):
         list(cap.unet_samples())

@@ -38,7 +38,7 @@ class RandomInputs:
     n: int
     timesteps: tuple
 
-    def unet_samples(self):
+    def unet_samples(self, limit=None):
         from bench_sd15_unet import feeds
 
         for i in range(self.n):

@@ -425,11 +425,12 @@ def stage_quality(args: dict) -> dict:
     fp32_path = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
     quantizers = {}
     t0 = time.time()
-    v_ort = quantize_unet(ctx, calibrate(ctx, cal_cap)["unet"])
+    v_ort = quantize_unet(ctx, calibrate(ctx, cal_cap)["unet"], cal_cap)
     quantizers["edgeq_ort_cpu"] = {"seconds_with_cache": round(time.time() - t0, 1), "timings": dict(ctx.timings)}
     groups = [g.to_dict() for g in v_ort.groups]
     t0 = time.time()
-    v_ov = quantize_unet(ctx_ov, calibrate(ctx_ov, capture_set(ctx_ov, "calibration"))["unet"])
+    ov_cap = capture_set(ctx_ov, "calibration")
+    v_ov = quantize_unet(ctx_ov, calibrate(ctx_ov, ov_cap)["unet"], ov_cap)
     quantizers["edgeq_openvino"] = {"seconds_with_cache": round(time.time() - t0, 1), "timings": dict(ctx_ov.timings)}
     qs_path, quantizers["ort_quantize_static"] = _quantize_static_tiny(fp32_path, cal_cap, ctx.cache)
     nncf_path, quantizers["nncf_int8"] = _nncf_tiny(fp32_path, cal_cap, ctx.cache)

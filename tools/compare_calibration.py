@@ -92,9 +92,9 @@ def main() -> None:
     fp32_path = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
     fp32 = OrtRunner(fp32_path)
     ctx4 = replace(ctx, groups_n=4)
-    v4 = quantize_unet(ctx4, cal)
+    v4 = quantize_unet(ctx4, cal, cal_cap)
     groups4 = [g.to_dict() for g in v4.groups]
-    v1 = quantize_unet(replace(ctx, groups_n=1), cal)
+    v1 = quantize_unet(replace(ctx, groups_n=1), cal, cal_cap)
     qs_path = quantize_static_unet(fp32_path, cal_cap, Path(tempfile.mkdtemp()) / "unet_qs.onnx")
     rows = {
         "edgeq --groups 1": OrtRunner(v1.shared_dir / "model.onnx"),

@@ -1,7 +1,9 @@
 """Trajectory capture: run the FP32 pipeline and record what each component sees.
 
-One shard per prompt (``shard-00000.npz``): the UNet inputs at every step keyed by (prompt, step,
-timestep), the text encoder's input ids and the VAE decoder's input. Seeds are ``seed + index``, so
+One shard per prompt (``shard-00000.npz``): the UNet inputs and outputs at every step keyed by
+(prompt, step, timestep), the text encoder's input ids and the VAE decoder's input. The outputs and
+final latents are the FP32 reference the checks compare against, so a build runs the FP32 UNet over
+held-out prompts once, not once per check. Seeds are ``seed + index``, so
 a capture is deterministic; shards are written atomically and an interrupted capture resumes where
 it stopped. ``capture.json`` records the settings; a capture with other settings is not reused.
 """
@@ -44,6 +46,7 @@ class Sample:
     step: int
     timestep: float
     feeds: dict[str, np.ndarray]
+    reference: np.ndarray | None = None  # the FP32 UNet's output for ``feeds``, when captured
 
 
 @dataclass(frozen=True)
@@ -68,14 +71,30 @@ class Capture:
                 "delete it and run the command again to capture it anew",
             ) from None
 
-    def unet_samples(self) -> Iterator[Sample]:
-        """Every captured UNet call, one at a time (one shard in memory)."""
-        for i in range(len(self.settings.prompts)):
+    def calls(self, limit: int | None = None) -> list[tuple[int, int]]:
+        """(prompt, step) of the UNet calls to use: all of them, or ``limit`` spread evenly.
+
+        A subset visits every step before it visits any step twice, rotating through the prompts, so
+        each timestep keeps its share of the statistics whatever the budget.
+        """
+        p, s = len(self.settings.prompts), len(self.timesteps)
+        order = [((step + k) % p, step) for k in range(p) for step in range(s)]
+        return sorted(order if limit is None else order[:limit])
+
+    def unet_samples(self, limit: int | None = None) -> Iterator[Sample]:
+        """The captured UNet calls (see :meth:`calls`), one at a time (one shard in memory)."""
+        chosen: dict[int, set[int]] = {}
+        for i, step in self.calls(limit):
+            chosen.setdefault(i, set()).add(step)
+        for i in sorted(chosen):
             d = self.load(i)
-            static = {k[len("unet.") :]: v for k, v in d.items() if k.startswith("unet.") and k != "unet.sample"}
+            skip = ("unet.sample", "unet.out_sample")
+            static = {k[len("unet.") :]: v for k, v in d.items() if k.startswith("unet.") and k not in skip}
+            ref = d.get("unet.out_sample")
             for s, t in enumerate(d["timesteps"]):
-                feeds = {"sample": d["unet.sample"][s], "timestep": np.array(t, np.float32), **static}
-                yield Sample(i, s, float(t), feeds)
+                if s in chosen[i]:
+                    feeds = {"sample": d["unet.sample"][s], "timestep": np.array(t, np.float32), **static}
+                    yield Sample(i, s, float(t), feeds, None if ref is None else ref[s])
 
     def vae_inputs(self) -> Iterator[np.ndarray]:
         for i in range(len(self.settings.prompts)):
@@ -83,6 +102,10 @@ class Capture:
 
     def __len__(self) -> int:
         return len(self.settings.prompts) * len(self.timesteps)
+
+    def final_latents(self) -> Iterator[np.ndarray]:
+        """Each prompt's final FP32 latents as the VAE decoder takes them (unscaled)."""
+        return self.vae_inputs()
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -113,7 +136,7 @@ def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "c
     timesteps: list[float] = []
     todo = [i for i in range(len(settings.prompts)) if not (folder / f"shard-{i:05d}.npz").is_file()]
     for i in tqdm(todo, desc=desc, unit="prompt", disable=not todo):
-        rec: dict[str, list] = {"sample": [], "timesteps": []}
+        rec: dict[str, list] = {"sample": [], "timesteps": [], "out_sample": []}
         static: dict[str, np.ndarray] = {}
 
         def on_unet(step: int, t: float, feeds: dict[str, np.ndarray], rec=rec, static=static) -> None:
@@ -122,6 +145,9 @@ def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "c
             for k, v in feeds.items():
                 if k not in ("sample", "timestep") and k not in static:
                     static[k] = v.copy()
+
+        def on_out(step: int, out: np.ndarray, rec=rec) -> None:
+            rec["out_sample"].append(out.copy())
 
         final: list[np.ndarray] = []
         pipe.generate(
@@ -133,11 +159,13 @@ def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "c
                 guidance=settings.guidance,
                 scheduler=settings.scheduler,
                 on_unet_input=on_unet,
+                on_unet_output=on_out,
                 on_final_latents=final.append,
             )
         )
         arrays = {
             "unet.sample": np.stack(rec["sample"]),
+            "unet.out_sample": np.stack(rec["out_sample"]),
             "timesteps": np.array(rec["timesteps"], np.float32),
             "vae_decoder.latent_sample": pipe.vae_input(final[0]),
             "text_encoder.input_ids": pipe.tokenizers["tokenizer"]([settings.negative_prompt, settings.prompts[i]]),

@@ -29,10 +29,25 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
         "--grouping", choices=("uniform", "profile"), help="equal step counts, or merge steps with alike ranges"
     )
     p.add_argument("--range-method", choices=("minmax", "percentile", "mse", "entropy"))
+    p.add_argument(
+        "--goal-sqnr",
+        type=float,
+        dest="goal_sqnr_db",
+        help="mixed precision: leave float the fewest UNet nodes, by measured sensitivity, that bring the worst "
+        "timestep group to this SQNR in dB (default: the profile's goal_sqnr_db, or off)",
+    )
     p.add_argument("--calib-prompts", type=Path, help="calibration prompt file (default: calibration_data/<model>/)")
-    p.add_argument("--num-calib", type=int, help="calibration prompts to use (default 32)")
+    p.add_argument(
+        "--num-calib", type=int, help="calibration prompts to use (default: 32 for tiny-sd, 2 for full-size models)"
+    )
+    p.add_argument(
+        "--calib-calls",
+        type=int,
+        help="captured UNet calls the statistics use, spread evenly over steps and prompts "
+        "(default: all for tiny-sd, 32 for full-size models)",
+    )
     p.add_argument("--heldout-prompts", type=Path, help="held-out prompt file for the accuracy checks")
-    p.add_argument("--num-heldout", type=int, help="held-out prompts to use (default 64 for tiny-sd, else 8)")
+    p.add_argument("--num-heldout", type=int, help="held-out prompts to use (default 64 for tiny-sd, else 1)")
     p.add_argument("--seed", type=int, default=0, help="calibration seeds are seed + prompt index")
     p.add_argument("--cache-dir", type=Path, help="where cached stages live (default build/.cache/<model>-<hash>)")
 

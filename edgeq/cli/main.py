@@ -17,6 +17,7 @@ COMMANDS = {
     "build": "Export, calibrate per timestep group, quantize, lower for a target, check accuracy, report.",
     "calibrate": "Export (cached), capture calibration trajectories and collect timestep-grouped statistics.",
     "quantize": "Calibrate, choose ranges, insert Q/DQ and package for a target, without the accuracy checks.",
+    "sensitivity": "Rank the UNet's quantizable nodes by the error each adds, per timestep group (and mixed precision).",
     "check": "Run the accuracy checks and gates of a quantized build against FP32.",
     "engines": "Build the TensorRT engines of a tensorrt build folder on an NVIDIA GPU, then check them.",
     "bench": "Latency, peak memory and size per component of a build, next to its FP32 source.",

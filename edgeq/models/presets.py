@@ -111,6 +111,9 @@ PRESETS: dict[str, ModelSpec] = {
         vae_scale_factor=4,
         embedded="models/tiny_sd/weights",
         calibration_data="tiny-sd",
+        num_calib=32,
+        num_heldout=64,
+        calib_calls=None,
     ),
 }
 

@@ -78,6 +78,11 @@ class ModelSpec:
     max_length: int = 77
     embedded: str | None = None  # package-relative folder with bundled weights
     calibration_data: str = "sd15"  # folder in calibration_data/
+    # build defaults, sized so a CPU-only machine finishes a build in about half an hour: the FP32
+    # UNet at full size costs seconds per call, and capture runs it for every step of every prompt
+    num_calib: int = 2  # calibration prompts
+    num_heldout: int = 1  # held-out prompts for the checks
+    calib_calls: int | None = 32  # captured UNet calls the statistics use (None: all)
 
     def component(self, name: str) -> ComponentSpec:
         for c in self.components:

@@ -40,7 +40,14 @@ class ComponentPolicy:
     activation_matmul: str = "float"
     output_quantization: bool = True  # Q/DQ on quantized ops' outputs too (TensorRT: inputs only)
     weight_qdq_pair: bool = False  # float weights behind a Q/DQ pair instead of int8 weights + DQ
+    # mixed precision: leave float the fewest nodes, chosen by measured sensitivity, that bring the
+    # worst timestep group's UNet SQNR to this goal (None: off), within max_float_mac_share of the MACs
+    goal_sqnr_db: float | None = None
+    max_float_mac_share: float = 0.10
     exclude: tuple[Exclusion, ...] = ()
+
+    def per_channel_types(self) -> tuple[str, ...]:
+        return self.per_channel_op_types or self.op_types
 
     def excluded_by(self, node_name: str) -> Exclusion | None:
         return next((e for e in self.exclude if re.search(e.pattern, node_name)), None)
@@ -133,6 +140,8 @@ def _component(name: str, d: dict[str, Any], path: Path) -> ComponentPolicy:
 
     if pol.range_method not in METHODS:
         raise EdgeqError(f"{path}: [{name}] range_method {pol.range_method!r} is not one of {', '.join(METHODS)}")
+    if not 0.0 <= pol.max_float_mac_share <= 1.0:
+        raise EdgeqError(f"{path}: [{name}] max_float_mac_share must be between 0 and 1, not {pol.max_float_mac_share}")
     if pol.activation_matmul not in ("float", "int8"):
         raise EdgeqError(f"{path}: [{name}] activation_matmul must be float or int8, not {pol.activation_matmul!r}")
     return pol

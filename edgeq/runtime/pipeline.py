@@ -41,6 +41,8 @@ class GenerateOptions:
     latents: np.ndarray | None = None  # initial noise; default: drawn from ``seed``
     # called with (step index, timestep, UNet feeds) before every UNet call: trajectory capture
     on_unet_input: Callable[[int, float, dict[str, np.ndarray]], None] | None = field(default=None, repr=False)
+    # called with (step index, the UNet's output) after every UNet call, before guidance
+    on_unet_output: Callable[[int, np.ndarray], None] | None = field(default=None, repr=False)
     on_final_latents: Callable[[np.ndarray], None] | None = field(default=None, repr=False)
 
 
@@ -128,6 +130,8 @@ class Pipeline:
             if o.on_unet_input is not None:
                 o.on_unet_input(i, float(t), feeds)
             eps = self.runners["unet"].run(feeds)["out_sample"]
+            if o.on_unet_output is not None:
+                o.on_unet_output(i, eps)
             if cfg:
                 e_u, e_c = eps[:1], eps[1:]
                 eps = e_u + np.float32(guidance) * (e_c - e_u)
@@ -144,7 +148,11 @@ class Pipeline:
         return z.astype(np.float32)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        img = self.runners["vae_decoder"].run({"latent_sample": self.vae_input(latents)})["sample"][0]
+        return self.decode_vae_input(self.vae_input(latents))
+
+    def decode_vae_input(self, z: np.ndarray) -> np.ndarray:
+        """The image for the VAE decoder's input ``z`` (see :meth:`vae_input`), HxWx3 uint8."""
+        img = self.runners["vae_decoder"].run({"latent_sample": z})["sample"][0]
         img = np.clip(img / 2 + 0.5, 0.0, 1.0).transpose(1, 2, 0)
         return (img * 255).round().astype(np.uint8)
 

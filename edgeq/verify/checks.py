@@ -46,7 +46,7 @@ def unet_groups(
     """Noise-prediction SQNR and cosine per timestep group on held-out captured UNet inputs."""
     acc = [{"sig": 0.0, "err": 0.0, "dot": 0.0, "qq": 0.0, "n": 0} for _ in groups]
     for s in tqdm(capture.unet_samples(), total=len(capture), desc=desc, unit="call"):
-        ref = fp32.run(s.feeds)["out_sample"].astype(np.float64)
+        ref = (s.reference if s.reference is not None else fp32.run(s.feeds)["out_sample"]).astype(np.float64)
         q = quant.run(s.feeds)["out_sample"].astype(np.float64)
         a = acc[group_for(groups, s.timestep)]
         a["sig"] += float((ref**2).sum())

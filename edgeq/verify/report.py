@@ -38,6 +38,8 @@ class Report:
     usability: dict[str, dict[str, Any]] = field(default_factory=dict)
     # targets that compile engines (TensorRT): whether they exist, how the checks ran, how to finish
     engines: dict[str, Any] = field(default_factory=dict)
+    # UNet MACs left float (weight layers; attention MatMuls apart) and the mixed-precision search
+    precision: dict[str, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -46,13 +48,22 @@ class Report:
         return [g for g in self.gates if not g["passed"]]
 
 
-def end_to_end(fp32, quant, prompts: list[str], seed: int, tiny_sd: bool) -> tuple[dict[str, Any], np.ndarray]:
-    """Images from identical seeds through both pipelines: PSNR, SSIM, and tiny-sd adherence."""
+def end_to_end(
+    fp32, quant, prompts: list[str], seed: int, tiny_sd: bool, reference: list[np.ndarray] | None = None
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Images from identical seeds through both pipelines: PSNR, SSIM, and tiny-sd adherence.
+
+    ``reference``: the FP32 pipeline's final latents for these prompts and seeds, already captured
+    (VAE decoder inputs); FP32 then only decodes them instead of denoising again.
+    """
     from edgeq.runtime.pipeline import GenerateOptions
 
     ref, got = [], []
     for i, p in enumerate(tqdm(prompts, desc="check end to end", unit="image")):
-        ref.append(fp32.generate(GenerateOptions(prompt=p, seed=seed + i)))
+        if reference is not None:
+            ref.append(fp32.decode_vae_input(reference[i]))
+        else:
+            ref.append(fp32.generate(GenerateOptions(prompt=p, seed=seed + i)))
         got.append(quant.generate(GenerateOptions(prompt=p, seed=seed + i)))
     out: dict[str, Any] = {
         "images": len(prompts),
@@ -119,6 +130,63 @@ def sqnr_plot(variants: dict[str, list[dict]], threshold: float) -> np.ndarray:
     return np.asarray(img)
 
 
+def sensitivity_plot(rows: list[dict], top: int = 30) -> np.ndarray:
+    """Horizontal bars: worst-group SQNR gained by leaving each node float, most sensitive first."""
+    from PIL import Image, ImageDraw
+
+    rows = rows[:top]
+    W, row_h, left, pad = 760, 16, 330, 30
+    H = pad * 2 + row_h * max(len(rows), 1)
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 8), f"worst-group SQNR gained (dB) by leaving the node float; top {len(rows)}", fill="black")
+    hi = max([r["float_gain_db"] for r in rows] + [1e-6])
+    for k, r in enumerate(rows):
+        y = pad + k * row_h
+        d.text((10, y + 2), r["node"][-52:], fill="black")
+        w = max(0.0, r["float_gain_db"]) / hi * (W - left - 80)
+        colour = (219, 68, 55) if r.get("activation_matmul") else (66, 133, 244)
+        d.rectangle([left, y + 2, left + w, y + row_h - 3], fill=colour)
+        d.text((left + w + 4, y + 2), f"{r['float_gain_db']:.2f}", fill="black")
+    return np.asarray(img)
+
+
+def tradeoff_plot(curve: list[dict], goal: float) -> np.ndarray:
+    """Worst and mean group SQNR against the share of weight-layer MACs left float (measured points)."""
+    from PIL import Image, ImageDraw
+
+    W, H, pad = 560, 320, 50
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    xs = [100 * c["float_share"] for c in curve]
+    ys = [c["worst_db"] for c in curve] + [c["mean_db"] for c in curve] + [goal]
+    x0, x1 = 0.0, max(xs + [1.0]) * 1.1
+    y0, y1 = min(ys) - 2, max(ys) + 2
+
+    def pt(x: float, y: float) -> tuple[float, float]:
+        return pad + (x - x0) / (x1 - x0) * (W - 2 * pad), H - pad - (y - y0) / (y1 - y0) * (H - 2 * pad)
+
+    d.rectangle([pad, pad, W - pad, H - pad], outline="black")
+    gy = pt(0, goal)[1]
+    for x in range(pad, W - pad, 8):
+        d.line([x, gy, x + 4, gy], fill=(120, 120, 120))
+    for key, colour in (("worst_db", (219, 68, 55)), ("mean_db", (66, 133, 244))):
+        pts = [pt(100 * c["float_share"], c[key]) for c in curve]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    d.text(
+        (pad, 10), "UNet SQNR (dB) vs % of weight-layer MACs left float: worst group (red), mean (blue)", fill="black"
+    )
+    d.text((pad, H - pad + 8), f"{x0:.1f}%", fill="black")
+    d.text((W - pad - 30, H - pad + 8), f"{x1:.1f}%", fill="black")
+    d.text((8, pad), f"{y1:.0f}", fill="black")
+    d.text((8, H - pad - 10), f"{y0:.0f}", fill="black")
+    d.text((W - pad - 90, gy - 14), f"goal {goal:g} dB", fill="black")
+    return np.asarray(img)
+
+
 def _png(arr: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -159,6 +227,7 @@ def _markdown(r: Report) -> str:
     lines += _usability_markdown(r.usability)
     if r.engines:
         lines += ["", "## Engines", ""] + [f"- {k}: {v}" for k, v in r.engines.items()]
+    lines += _precision_markdown(r.precision)
     lines += ["", "## Quantized nodes", ""]
     for comp, c in r.quantized.items():
         lines.append(
@@ -178,6 +247,37 @@ def _markdown(r: Report) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _precision_markdown(p: dict[str, Any]) -> list[str]:
+    """UNet MACs left float, and what the mixed-precision search left float and why."""
+    if not p:
+        return []
+    f = p.get("float_macs", {})
+    lines = [
+        "",
+        "## Precision of the UNet",
+        "",
+        f"- weight-layer MACs left float: {100 * f.get('float_share', 0.0):.2f}% of {f.get('weight_layer_macs', 0):,}",
+        f"- attention score/value MatMuls: {f.get('attention_matmuls', 0) - f.get('attention_matmuls_float', 0)} int8, "
+        f"{f.get('attention_matmuls_float', 0)} float ({f.get('attention_matmul_macs', 0):,} MACs, counted apart)",
+    ]
+    mp = p.get("mixed_precision")
+    if mp:
+        lines += [
+            f"- mixed precision: goal worst group >= {mp['goal_db']:g} dB (searched on calibration calls) "
+            f"{'met' if mp['met'] else '**not met**'}; cap {100 * mp['max_float_share']:.0f}% of MACs",
+            "",
+            "| node left float | worst-group gain dB | MACs % | worst group after dB |",
+            "|---|---|---|---|",
+            *(
+                f"| {x['node']} | {x['gain_db']:.2f} | {100 * x['mac_share']:.2f} | {x['worst_db_after']:.2f} |"
+                for x in mp["float_nodes"]
+            ),
+            "",
+            "![trade-off](tradeoff.png)",
+        ]
+    return lines
 
 
 def _usability_markdown(usability: dict[str, dict[str, Any]]) -> list[str]:
@@ -209,11 +309,16 @@ def write(folder: Path, r: Report, grid: np.ndarray) -> None:
     grid_png = _png(grid)
     (folder / "sqnr_per_group.png").write_bytes(plot)
     (folder / "grid.png").write_bytes(grid_png)
+    images = [("sqnr_per_group.png", plot), ("grid.png", grid_png)]
+    mp = r.precision.get("mixed_precision")
+    if mp:
+        images.append(("tradeoff.png", _png(tradeoff_plot(mp["curve"], mp["goal_db"]))))
+        (folder / "tradeoff.png").write_bytes(images[-1][1])
     write_json(folder / "report.json", asdict(r))
     md = _markdown(r)
     (folder / "report.md").write_text(md)
     body = html.escape(md)
-    for name, data in (("sqnr_per_group.png", plot), ("grid.png", grid_png)):
+    for name, data in images:
         tag = f'<img src="data:image/png;base64,{base64.b64encode(data).decode()}">'
         body = body.replace(html.escape(f"]({name})"), f"]</p>{tag}<p>")
     (folder / "report.html").write_text(
