@@ -9,6 +9,7 @@ gate is kept, marked failed in its manifest, and the command exits non-zero.
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import os
@@ -181,6 +182,8 @@ class ComponentCalibration:
     decisions: list[Decision]
     tensors: list[str]
     stats: Stats
+    source: Path | None = None  # the graph the statistics ran on (SmoothQuant's copy, or the export)
+    smoothing: dict | None = None  # what the SmoothQuant measurement chose, and why
 
 
 def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentCalibration]:
@@ -200,11 +203,14 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentCalib
             continue
         if name == "text_encoder":
             raise EdgeqError("quantizing the text encoder is not supported yet", 'set [text_encoder] mode = "float"')
-        tensors = tensors_to_calibrate(graph, decisions)
+        tensors = tensors_to_calibrate(graph, decisions, policy)
         limit = ctx.calib_calls if name == "unet" else None
         if limit is not None and limit >= len(cap):
             limit = None
-        key = _key(str(cap.folder), tensors, ctx.export_manifest["cache_key"], limit)
+        smoothing = None
+        if name == "unet" and policy.smoothquant:
+            path, smoothing = choose_smoothing(ctx, cap, policy, decisions, tensors, log)
+        key = _key(str(cap.folder), tensors, ctx.export_manifest["cache_key"], limit, smoothing)
         stats_path = ctx.cache / f"stats-{name}-{key}.npz"
         t0 = time.time()
         if stats_path.is_file():
@@ -214,8 +220,91 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentCalib
             collect_isolated(path, tensors, cap, name, stats_path, limit)
             stats = Stats.load(stats_path)
         ctx.timings[f"statistics_{name}_s"] = round(time.time() - t0, 1)
-        out[name] = ComponentCalibration(name, policy, decisions, tensors, stats)
+        out[name] = ComponentCalibration(name, policy, decisions, tensors, stats, path, smoothing)
     return out
+
+
+SMOOTH_CALLS = 40  # calibration calls each SmoothQuant candidate is calibrated and measured on
+
+
+def choose_smoothing(
+    ctx: Context, cap: Capture, policy: ComponentPolicy, decisions: list[Decision], tensors: list[str], log=print
+) -> tuple[Path, dict]:
+    """SmoothQuant off or one of the profile's alphas, whichever gives the best simulated worst group.
+
+    Each candidate: the smoothed graph (cached), statistics on SMOOTH_CALLS calibration calls, shared
+    ranges, and the all-quantized switchable graph's SQNR per group on the same calls. The choice
+    (and every candidate's score) is cached and recorded in the quant plan.
+    """
+    import numpy as np
+    import onnx
+
+    from edgeq.quantize.sensitivity import Evaluator, switchable_model
+    from edgeq.quantize.smooth import channel_absmax, sites, write_smoothed
+
+    fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    found = sites(onnx.load(str(fp32), load_external_data=False).graph, decisions)
+    if not found:
+        return fp32, {"alpha": None, "sites": 0, "reason": "no LayerNorm feeds only quantized linear layers"}
+    key = _key("smooth-1", ctx.export_manifest["cache_key"], str(cap.folder), policy.smoothquant_alphas, SMOOTH_CALLS)
+    choice_path = ctx.cache / f"smooth-unet-{key}.json"
+    limit = min(SMOOTH_CALLS, len(cap))
+    if not choice_path.is_file():
+        t0 = time.time()
+        calls = [s.feeds for s in cap.unet_samples(limit)]
+        act_max = channel_absmax(fp32, [s.tensor for s in found], calls[:16])
+        candidates: list[dict] = []
+        for alpha in (None, *policy.smoothquant_alphas):
+            path = fp32
+            if alpha is not None:
+                path = _smoothed_path(ctx, key, alpha)
+                if not path.is_file():
+                    write_smoothed(fp32, found, act_max, alpha, path.with_suffix(".tmp.onnx"))
+                    _rename_model(path.with_suffix(".tmp.onnx"), path)
+            stats_path = ctx.cache / f"stats-smooth-{key}-{alpha}.npz"
+            if not stats_path.is_file():
+                collect_isolated(path, tensors, cap, "unet", stats_path, limit)
+            cal = ComponentCalibration("unet", policy, decisions, tensors, Stats.load(stats_path))
+            groups = make_groups(ctx, cal.stats)
+            _, shared = choose_ranges(cal, groups, ctx.opts.range_method or policy.range_method)
+            samples = unet_eval_samples(ctx, cap, [g.to_dict() for g in groups], limit)
+            sw = switchable_model(path, decisions, policy)
+            ev = Evaluator(sw, samples, [shared] * len(groups), policy.activation_symmetric, ctx.cache)
+            sq = ev.sqnr(np.ones(len(sw.nodes), np.float32))
+            candidates.append({"alpha": alpha, "worst_db": float(sq.min()), "mean_db": float(sq.mean())})
+            log(f"smoothquant alpha {alpha}: worst group {sq.min():.2f} dB, mean {sq.mean():.2f} dB (simulated)")
+        best = max(candidates, key=lambda c: c["worst_db"])
+        write_json(
+            choice_path,
+            {
+                "alpha": best["alpha"],
+                "sites": len(found),
+                "candidates": candidates,
+                "seconds": round(time.time() - t0, 1),
+                "reason": f"best simulated worst-group SQNR on {limit} calibration calls",
+            },
+        )
+    choice = json.loads(choice_path.read_text())
+    path = fp32 if choice["alpha"] is None else _smoothed_path(ctx, key, choice["alpha"])
+    return path, choice
+
+
+def _smoothed_path(ctx: Context, key: str, alpha: float) -> Path:
+    return ctx.cache / f"smooth-unet-{key}-{alpha}" / "model.onnx"
+
+
+def _rename_model(src: Path, dst: Path) -> None:
+    """Move a model saved with its external data file beside it (``<name>_data``) to ``dst``."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    for init in model.graph.initializer:
+        for e in init.external_data:
+            if e.key == "location":
+                e.value = dst.name + "_data"
+    os.replace(src.parent / (src.name + "_data"), dst.parent / (dst.name + "_data"))
+    onnx.save_model(model, str(dst))
+    src.unlink()
 
 
 def _collect_child(
@@ -274,13 +363,15 @@ def make_groups(ctx: Context, stats: Stats) -> list[Group]:
     return by_profile(stats.timesteps, stats.absmax_profile(), n)
 
 
-def choose_ranges(cal: ComponentCalibration, groups: list[Group], method: str) -> tuple[list[dict], dict]:
-    """Per-group ranges and the one shared range of every tensor."""
+def choose_ranges(
+    cal: ComponentCalibration, groups: list[Group], method: str, tensors: list[str] | None = None
+) -> tuple[list[dict], dict]:
+    """Per-group ranges and the one shared range of every tensor (or of ``tensors``)."""
     sym = cal.policy.activation_symmetric
     bits = 16 if "16" in cal.policy.activation_type else 8
     per_group: list[dict[str, tuple[float, float]]] = [{} for _ in groups]
     shared: dict[str, tuple[float, float]] = {}
-    for t in cal.tensors:
+    for t in cal.tensors if tensors is None else tensors:
         hists = [cal.stats.group(t, g.steps) for g in groups]
         for g, h in enumerate(hists):
             per_group[g][t] = tuple(float(v) for v in select_range(h, method, sym, bits=bits))
@@ -301,6 +392,47 @@ class UnetVariants:
     metrics: dict[str, list[dict]] = field(default_factory=dict)
 
 
+def unet_source(ctx: Context, cal: ComponentCalibration, shared: dict, cap: Capture) -> tuple[Path, list]:
+    """The UNet graph to quantize: the FP32 export, or its shortcut-split copy (cached) where the
+    profile splits Concat-fed Convs; ``cal.decisions`` then name the split Convs. Where the profile
+    quantizes outputs, the split Convs' outputs get statistics of their own (one call per step, or
+    the calibration budget), added to ``cal``."""
+    import onnx
+
+    from edgeq.quantize.split import plan_splits, split_decisions, write_split
+
+    fp32 = cal.source or ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    if not cal.policy.split_concat_convs:
+        return fp32, []
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    splits = plan_splits(graph, cal.decisions, shared, cal.policy.split_min_ratio)
+    if not splits:
+        return fp32, []
+    root = ctx.cache / f"split-unet-{_key('split-1', str(fp32), [s.to_dict() for s in splits])}"
+    if not (root / "done").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        write_split(fp32, splits, root / "model.onnx")
+        (root / "done").write_text("ok\n")
+    cal.decisions = split_decisions(cal.decisions, splits)
+    if cal.policy.output_quantization:
+        new = [f"{o}/split{k}" for o, s in _split_outputs(graph, splits) for k in range(len(s.inputs))]
+        limit = min(ctx.calib_calls or len(cap), len(cap))
+        stats_path = root / f"stats-{_key(str(cap.folder), new, limit)}.npz"
+        if not stats_path.is_file():
+            collect_isolated(root / "model.onnx", new, cap, "unet", stats_path, None if limit >= len(cap) else limit)
+        extra = Stats.load(stats_path)
+        cal.stats.hists.update(extra.hists)
+        cal.stats.tensors += [t for t in new if t not in cal.stats.tensors]
+        cal.tensors = cal.tensors + [t for t in new if t not in cal.tensors]
+    return root / "model.onnx", splits
+
+
+def _split_outputs(graph, splits: list) -> list:
+    """(original Conv output, split) for each split."""
+    out_of = {n.name: n.output[0] for n in graph.node}
+    return [(out_of[s.conv], s) for s in splits]
+
+
 def unet_eval_samples(ctx: Context, cap: Capture, groups: list[Group], limit: int | None) -> list:
     """Captured UNet calls with their FP32 outputs and timestep group, for the sensitivity evaluator."""
     from edgeq.calibrate.grouping import group_for
@@ -318,14 +450,13 @@ def unet_eval_samples(ctx: Context, cap: Capture, groups: list[Group], limit: in
     return out
 
 
-def unet_macs(ctx: Context, cal: ComponentCalibration, cap: Capture) -> tuple[dict[str, int], set[str]]:
-    """MACs of every candidate node for one captured call, and the activation-by-activation MatMuls."""
+def unet_macs(cal: ComponentCalibration, cap: Capture, fp32: Path) -> tuple[dict[str, int], set[str]]:
+    """MACs of every candidate node of ``fp32`` for one captured call, and the activation-by-activation MatMuls."""
     import onnx
 
     from edgeq.quantize.policy import _constant_names
     from edgeq.quantize.sensitivity import count_macs
 
-    fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
     g = onnx.load(str(fp32), load_external_data=False).graph
     const = _constant_names(g)
     act_act = {n.name for n in g.node if n.op_type == "MatMul" and n.input[1] not in const}
@@ -349,7 +480,7 @@ def float_shares(decisions: list[Decision], macs: dict[str, int], act_act: set[s
 
 
 def mixed_precision(
-    ctx: Context, cal: ComponentCalibration, groups: list[Group], shared: dict, cap: Capture, log=print
+    ctx: Context, cal: ComponentCalibration, groups: list[Group], shared: dict, cap: Capture, fp32: Path, log=print
 ) -> tuple[list[Decision], dict]:
     """Leave float the fewest nodes that bring the worst group to the goal (cached per inputs).
 
@@ -359,7 +490,6 @@ def mixed_precision(
     from edgeq.quantize.sensitivity import Evaluator, search, switchable_model
 
     goal = ctx.goal_sqnr_db
-    fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
     key = _key(
         "mixed-1",
         ctx.export_manifest["cache_key"],
@@ -370,6 +500,7 @@ def mixed_precision(
         [asdict(d) for d in cal.decisions],
         str(cap.folder),
         MIXED_CALLS,
+        str(fp32),
     )
     path = ctx.cache / f"mixed-unet-{key}.json"
     t0 = time.time()
@@ -377,7 +508,7 @@ def mixed_precision(
         res = json.loads(path.read_text())
         log(f"reusing the mixed-precision search {path.name}")
     else:
-        macs, act_act = unet_macs(ctx, cal, cap)
+        macs, act_act = unet_macs(cal, cap, fp32)
         base = float_shares(cal.decisions, macs, act_act)
         weight_total = max(base["weight_layer_macs"], 1)
         share = {n: (0.0 if n in act_act else v / weight_total) for n, v in macs.items()}
@@ -440,8 +571,14 @@ def sensitivity_analysis(
     held = capture_set(ctx, "heldout")
     gd = [g.to_dict() for g in groups]
     samples = unet_eval_samples(ctx, held, gd, max(calls, len(held.timesteps)))
-    macs, act_act = unet_macs(ctx, cal, cal_cap)
-    fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    fp32, splits = unet_source(ctx, cal, shared, cal_cap)
+    if splits and cal.policy.output_quantization:
+        extra_g, extra = choose_ranges(cal, groups, method, [t for t in cal.tensors if t not in shared])
+        shared |= extra
+        for r, e in zip(per_group, extra_g):
+            r |= e
+        ranges = per_group if ctx.group_mode == "per-group" else [shared] * len(groups)
+    macs, act_act = unet_macs(cal, cal_cap, fp32)
     t0 = time.time()
     sw = switchable_model(fp32, cal.decisions, cal.policy)
     ev = Evaluator(sw, samples, ranges, cal.policy.activation_symmetric, ctx.cache)
@@ -457,6 +594,7 @@ def sensitivity_analysis(
         "float_macs": shares,
         "nodes": [r.to_dict() for r in rows],
         "profile_exclusions": [asdict(d) for d in cal.decisions if not d.quantized],
+        "splits": [x.to_dict() for x in splits],
     }
     goal = ctx.goal_sqnr_db
     if goal is not None:
@@ -525,10 +663,15 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, cap: Capture, log=pri
     method = ctx.opts.range_method or cal.policy.range_method
     groups = make_groups(ctx, cal.stats)
     per_group, shared = choose_ranges(cal, groups, method)
-    fp32 = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    fp32, splits = unet_source(ctx, cal, shared, cap)
+    if splits and cal.policy.output_quantization:  # the split Convs' own outputs
+        extra_g, extra = choose_ranges(cal, groups, method, [t for t in cal.tensors if t not in shared])
+        shared |= extra
+        for r, e in zip(per_group, extra_g):
+            r |= e
     mixed = None
     if ctx.goal_sqnr_db is not None:
-        cal.decisions, mixed = mixed_precision(ctx, cal, groups, shared, cap, log)
+        cal.decisions, mixed = mixed_precision(ctx, cal, groups, shared, cap, fp32, log)
     key = _key(
         QDQ_VERSION,
         ctx.export_manifest["cache_key"],
@@ -538,6 +681,7 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, cap: Capture, log=pri
         shared,
         per_group,
         [asdict(d) for d in cal.decisions],
+        str(fp32),
     )
     root = ctx.cache / f"quant-unet-{key}"
     t0 = time.time()
@@ -590,8 +734,10 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, cap: Capture, log=pri
             for t in cal.tensors
         },
         "weights": weight_summary(shared_model),
-        "float_macs": float_shares(cal.decisions, *unet_macs(ctx, cal, cap)),
+        "float_macs": float_shares(cal.decisions, *unet_macs(cal, cap, fp32)),
         "mixed_precision": mixed,
+        "splits": [x.to_dict() for x in splits],
+        "smoothquant": cal.smoothing,
         "quantized_nodes": [d.node for d in cal.decisions if d.quantized],
         "excluded_nodes": [
             {"node": d.node, "op_type": d.op_type, "reason": d.reason} for d in cal.decisions if not d.quantized
@@ -661,7 +807,7 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
 
     Returns (report or None, build folder or None).
     """
-    from edgeq.runtime.sessions import OrtRunner
+    from edgeq.runtime.sessions import LazyRunner
     from edgeq.targets import get_target
 
     t_start = time.time()
@@ -681,7 +827,8 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
     if unet is not None:
         groups = [x.to_dict() for x in unet.groups]
         t0 = time.time()
-        fp32_unet = OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"])
+        fp32_unet = LazyRunner(ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"])
+        runner = None
         unet.metrics["shared"] = unet_groups(
             fp32_unet,
             target.unet_runner(ctx, [(unet.shared_dir / "model.onnx", groups[0])]),
@@ -694,6 +841,8 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
                 ctx, [(unet.per_group_dir / f"model.g{i}.onnx", gr) for i, gr in enumerate(groups)]
             )
             unet.metrics["per-group"] = unet_groups(fp32_unet, runner, held_cap, groups, "check unet (per-group)")
+        del fp32_unet, runner  # a full-size UNet session holds gigabytes; the packaging and checks follow
+        gc.collect()
         ctx.timings["check_unet_s"] = round(time.time() - t0, 1)
         chosen = _choose_mode(ctx, unet)
         mp = unet.plan["mixed_precision"]
@@ -740,7 +889,7 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
 def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | None = None, log=print):
     """Accuracy checks of a build folder against its FP32 source; writes the report, updates the manifest."""
     from edgeq.runtime.pipeline import Pipeline
-    from edgeq.runtime.sessions import OrtRunner
+    from edgeq.runtime.sessions import LazyRunner, OrtRunner
     from edgeq.targets import get_target
     from edgeq.verify import report as report_mod
     from edgeq.verify.checks import Gate, vae_psnr
@@ -758,7 +907,8 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
     t0 = time.time()
     target = get_target(manifest["target"])
     qpipe = Pipeline(folder, runners=target.runners())
-    fpipe = Pipeline(ctx.export_dir)
+    # FP32 images come from the held-out capture's final latents: only the FP32 VAE decoder is needed
+    fp32_vae = OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["vae_decoder"]["path"])
     g = ctx.profile.gates
     q = manifest["quantization"]
     chosen = q["group_mode"]
@@ -766,20 +916,20 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
     unet_rows = q.get("variants", {}).get(chosen, [])
     deployed = getattr(target, "deployed_unet_runner", lambda *_: None)(folder, manifest)
     if deployed is not None and unet_rows:  # compiled engines: measure the UNet as it will run
-        fp32_unet = OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"])
+        fp32_unet = LazyRunner(ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"])
         unet_rows = unet_groups(fp32_unet, deployed, held_cap, q["groups"], "check unet (engine)")
     for row in unet_rows:
         gates.append(Gate("unet", "sqnr_db", row["index"], row["sqnr_db"], g.unet_sqnr_db))
         gates.append(Gate("unet", "cosine", row["index"], row["cosine"], g.unet_cosine))
     if "int8" in manifest["components"]["vae_decoder"].get("precision", ""):
         v = vae_psnr(
-            OrtRunner(ctx.export_dir / ctx.export_manifest["components"]["vae_decoder"]["path"]),
+            fp32_vae,
             qpipe.runners["vae_decoder"],
             held_cap,
         )
         gates.append(Gate("vae_decoder", "psnr_db", None, v, g.vae_psnr_db))
     e2e, grid = report_mod.end_to_end(
-        fpipe,
+        fp32_vae,
         qpipe,
         list(held_cap.settings.prompts),
         HELDOUT_SEED,
@@ -820,6 +970,7 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
     )
     report_mod.write(folder, rep, grid)
     report_files = ["report.json", "report.md", "report.html", "grid.png", "sqnr_per_group.png"]
+    report_files += [f for f in ("tradeoff.png",) if (folder / f).is_file()]
     manifest["artifacts"].update(artifact_table(folder, report_files))
     manifest.update(status="passed" if passed else "failed", gates=[x.to_dict() for x in gates], timings=timings)
     write_manifest(folder, manifest)

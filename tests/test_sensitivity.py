@@ -199,3 +199,163 @@ def test_qparam_feeds_follow_the_activation_type(tmp_path, act):
     zp = feeds[f"edgeq_zp/{sw.tensors[0]}"]
     assert zp.dtype == np.dtype(act)
     assert (zp == 0) if act == "int8" else (zp == 64)  # 1/(4/255) = 63.75 -> 64
+
+
+# -- shortcut splitting ---------------------------------------------------------------------------
+def concat_graph(path, scale_b: float):
+    """Two branches a, b (b scaled by scale_b) -> Concat(channels) -> Conv 1x1 and GroupNorm-like reader."""
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "wa"),
+        numpy_helper.from_array(rng.standard_normal((5, 2, 3, 3)).astype(np.float32) * scale_b, "wb"),
+        # b's larger range is scaled back down: both halves matter equally to the output
+        numpy_helper.from_array(
+            rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
+            * np.r_[np.ones(3), np.full(5, 1 / scale_b)][None, :, None, None].astype(np.float32),
+            "wc",
+        ),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "bc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="branch_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "wb"], ["b"], name="branch_b", pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "wc", "bc"], ["sc"], name="conv_shortcut"),
+        helper.make_node("ReduceMean", ["cat"], ["m"], name="norm_like", keepdims=1),
+        helper.make_node("Add", ["sc", "m"], ["out_sample"], name="add"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "cat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, "h", "w"])],
+        [helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, None)],
+        inits,
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_split_concat_conv_is_exact_and_gives_each_half_its_scale(tmp_path):
+    import onnxruntime as ort
+
+    from edgeq.quantize.insert import quantize_graph
+    from edgeq.quantize.split import concat_convs, plan_splits, split_decisions, write_split
+
+    path = concat_graph(tmp_path / "g.onnx", scale_b=40.0)
+    pol = ComponentPolicy(mode="int8", op_types=("Conv",), split_concat_convs=True, output_quantization=False)
+    graph = onnx.load(str(path)).graph
+    dec = decide(graph, pol)
+    assert concat_convs(graph, dec) == {"conv_shortcut": ("a", "b")}
+    tensors = tensors_to_calibrate(graph, dec, pol)
+    assert {"a", "b", "cat"} <= set(tensors)  # the halves are calibrated for the split decision
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((1, 2, 6, 6)).astype(np.float32) for _ in range(3)]
+    ranges = minmax_ranges(path, tensors, xs)
+    assert plan_splits(graph, dec, ranges, min_ratio=1e6) == []  # alike enough: one scale
+    splits = plan_splits(graph, dec, ranges, min_ratio=2.0)
+    assert [s.conv for s in splits] == ["conv_shortcut"] and splits[0].ratio > 10
+    write_split(path, splits, tmp_path / "split" / "model.onnx")
+    split_path = tmp_path / "split" / "model.onnx"
+    m = onnx.load(str(split_path))
+    names = [n.name for n in m.graph.node]
+    assert "conv_shortcut" not in names and {"conv_shortcut/split0", "conv_shortcut/split1"} <= set(names)
+    for x in xs:  # exact up to float summation order
+        np.testing.assert_allclose(fp32_run(split_path, x), fp32_run(path, x), rtol=1e-5, atol=1e-4)
+    sdec = split_decisions(dec, splits)
+    assert [d.node for d in sdec if d.quantized] == [
+        "branch_a",
+        "branch_b",
+        "conv_shortcut/split0",
+        "conv_shortcut/split1",
+    ]
+    assert "ranges differ" in next(d.reason for d in sdec if d.node == "conv_shortcut/split1")
+
+    def qdq_sqnr(p, decisions):
+        q = quantize_graph(p, decisions, pol, ranges)
+        s = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+        sig = err = 0.0
+        for x in xs:
+            ref = fp32_run(path, x)
+            got = s.run(["out_sample"], {"x": x})[0]
+            sig, err = sig + (ref**2).sum(), err + ((ref - got) ** 2).sum()
+        return 10 * np.log10(sig / err), q
+
+    before, _ = qdq_sqnr(path, dec)
+    after, q = qdq_sqnr(split_path, sdec)
+    assert after > before + 3, (before, after)  # the small half is no longer crushed by the large one
+    scales = {i.name for i in q.graph.initializer if i.name.endswith("_scale")}
+    assert {"a_scale", "b_scale"} <= scales
+
+
+# -- SmoothQuant ----------------------------------------------------------------------------------
+def ln_graph(path):
+    """LayerNorm (with outlier channels in gamma) -> q/k/v MatMuls, plus a Shape reader; and a second
+    LayerNorm that also feeds an Add (not smoothable)."""
+    rng = np.random.default_rng(6)
+    gamma = np.ones(8, np.float32)
+    gamma[[1, 5]] = 60.0  # outlier channels, as transformer LayerNorms have
+    inits = [
+        numpy_helper.from_array(gamma, "gamma"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "beta"),
+        numpy_helper.from_array(np.ones(8, np.float32), "gamma2"),
+    ] + [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32) * 0.3, f"w{k}") for k in "qkvo"]
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], name="norm1", axis=-1),
+        helper.make_node("Shape", ["ln"], ["shp"], name="shape"),
+        *[helper.make_node("MatMul", ["ln", f"w{k}"], [k], name=f"to_{k}") for k in "qkv"],
+        helper.make_node("Add", ["q", "k"], ["qk"], name="addqk"),
+        helper.make_node("Add", ["qk", "v"], ["h"], name="addv"),
+        helper.make_node("LayerNormalization", ["h", "gamma2"], ["ln2"], name="norm2", axis=-1),
+        helper.make_node("MatMul", ["ln2", "wo"], ["o"], name="to_o"),
+        helper.make_node("Add", ["o", "ln2"], ["out_sample"], name="residual"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "ln",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8])],
+        [helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, None)],
+        inits,
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_smoothquant_folds_into_layernorm_exactly_and_flattens_outliers(tmp_path):
+    import onnxruntime as ort
+
+    from edgeq.quantize.smooth import channel_absmax, sites, write_smoothed
+
+    path = ln_graph(tmp_path / "g.onnx")
+    pol = ComponentPolicy(mode="int8", op_types=("MatMul",), output_quantization=False)
+    graph = onnx.load(str(path)).graph
+    dec = decide(graph, pol)
+    found = sites(graph, dec)
+    assert [(s.norm, s.matmuls) for s in found] == [("norm1", ("to_q", "to_k", "to_v"))]  # norm2 also feeds an Add
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((1, 16, 8)).astype(np.float32) for _ in range(4)]
+    act = channel_absmax(path, ["ln"], [{"x": x} for x in xs])
+    assert act["ln"].shape == (8,) and act["ln"][[1, 5]].min() > 10 * np.delete(act["ln"], [1, 5]).max()
+    dst = tmp_path / "s" / "model.onnx"
+    report = write_smoothed(path, found, act, 0.5, dst)
+    assert report["norm1"]["max"] > 3 * report["norm1"]["min"]
+    assert len([n for n in onnx.load(str(dst)).graph.node]) == len(graph.node)  # no runtime op added
+    for x in xs:
+        np.testing.assert_allclose(fp32_run(dst, x), fp32_run(path, x), rtol=1e-4, atol=1e-4)
+    smoothed = channel_absmax(dst, ["ln"], [{"x": x} for x in xs])["ln"]
+    assert smoothed.max() / smoothed.min() < act["ln"].max() / act["ln"].min() / 3  # outliers flattened
+
+    def w8a8_sqnr(p):
+        from edgeq.quantize.insert import quantize_graph
+
+        d = decide(onnx.load(str(p)).graph, pol)
+        ranges = minmax_ranges(p, tensors_to_calibrate(onnx.load(str(p)).graph, d), xs)
+        s = ort.InferenceSession(
+            quantize_graph(p, d, pol, ranges).SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        sig = err = 0.0
+        for x in xs:
+            ref, got = fp32_run(path, x), s.run(["out_sample"], {"x": x})[0]
+            sig, err = sig + (ref**2).sum(), err + ((ref - got) ** 2).sum()
+        return 10 * np.log10(sig / err)
+
+    assert w8a8_sqnr(dst) > w8a8_sqnr(path) + 3

@@ -131,10 +131,10 @@ def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "c
     if old.get("settings") != want:  # other settings, or shards of unknown origin: start afresh
         for f in folder.glob("shard-*.npz"):
             f.unlink()
-    pipe = Pipeline(build)
     write_json(index_path, {"settings": want, "complete": False})
     timesteps: list[float] = []
     todo = [i for i in range(len(settings.prompts)) if not (folder / f"shard-{i:05d}.npz").is_file()]
+    pipe = Pipeline(build) if todo else None  # a full-size FP32 pipeline holds gigabytes: load only to capture
     for i in tqdm(todo, desc=desc, unit="prompt", disable=not todo):
         rec: dict[str, list] = {"sample": [], "timesteps": [], "out_sample": []}
         static: dict[str, np.ndarray] = {}
@@ -150,6 +150,7 @@ def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "c
             rec["out_sample"].append(out.copy())
 
         final: list[np.ndarray] = []
+        assert pipe is not None
         pipe.generate(
             GenerateOptions(
                 prompt=settings.prompts[i],

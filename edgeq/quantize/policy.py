@@ -68,16 +68,28 @@ def decide(graph: onnx.GraphProto, policy: ComponentPolicy) -> list[Decision]:
     return out
 
 
-def tensors_to_calibrate(graph: onnx.GraphProto, decisions: list[Decision]) -> list[str]:
-    """Float activations read or written by quantized nodes: the tensors that need ranges."""
+def tensors_to_calibrate(
+    graph: onnx.GraphProto, decisions: list[Decision], policy: ComponentPolicy | None = None
+) -> list[str]:
+    """Float activations read or written by quantized nodes: the tensors that need ranges.
+
+    With ``split_concat_convs``, also the inputs of the Concat a quantized Conv reads: shortcut
+    splitting chooses from their ranges (edgeq.quantize.split).
+    """
     const = _constant_names(graph)
     chosen = {d.node for d in decisions if d.quantized}
+    halves: dict[str, tuple[str, ...]] = {}
+    if policy is not None and policy.split_concat_convs:
+        from edgeq.quantize.split import concat_convs
+
+        halves = concat_convs(graph, decisions)
     names: list[str] = []
     seen: set[str] = set()
     for n in graph.node:
         if n.name not in chosen:
             continue
         acts = [n.input[0]] + ([n.input[1]] if n.op_type in ("MatMul",) and n.input[1] not in const else [])
+        acts += list(halves.get(n.name, ()))
         for t in acts + list(n.output[:1]):
             if t and t not in const and t not in seen:
                 seen.add(t)

@@ -43,6 +43,14 @@ class ComponentPolicy:
     # mixed precision: leave float the fewest nodes, chosen by measured sensitivity, that bring the
     # worst timestep group's UNet SQNR to this goal (None: off), within max_float_mac_share of the MACs
     goal_sqnr_db: float | None = None
+    # shortcut splitting: a Conv on a channel Concat (UNet up blocks) becomes one Conv per input plus
+    # Adds, each input with its own scale, where the inputs' ranges differ by split_min_ratio or more
+    split_concat_convs: bool = False
+    split_min_ratio: float = 2.0
+    # SmoothQuant folded into the LayerNorms that feed linear layers; alpha chosen per model among
+    # smoothquant_alphas (and off) by the measured worst-group SQNR (edgeq.quantize.smooth)
+    smoothquant: bool = False
+    smoothquant_alphas: tuple[float, ...] = (0.25, 0.5, 0.75)
     max_float_mac_share: float = 0.10
     exclude: tuple[Exclusion, ...] = ()
 
@@ -122,7 +130,7 @@ def _component(name: str, d: dict[str, Any], path: Path) -> ComponentPolicy:
                 f"{path}: exclusion pattern {e['pattern']!r} in [{name}] is not a valid regular expression ({err})"
             ) from None
         excl.append(Exclusion(e["pattern"], e["reason"]))
-    for key in ("op_types", "per_channel_op_types"):
+    for key in ("op_types", "per_channel_op_types", "smoothquant_alphas"):
         if key in d:
             d[key] = tuple(d[key])
     unknown = set(d) - set(ComponentPolicy.__dataclass_fields__)
@@ -140,6 +148,8 @@ def _component(name: str, d: dict[str, Any], path: Path) -> ComponentPolicy:
 
     if pol.range_method not in METHODS:
         raise EdgeqError(f"{path}: [{name}] range_method {pol.range_method!r} is not one of {', '.join(METHODS)}")
+    if not all(0.0 < a < 1.0 for a in pol.smoothquant_alphas):
+        raise EdgeqError(f"{path}: [{name}] smoothquant_alphas must lie strictly between 0 and 1")
     if not 0.0 <= pol.max_float_mac_share <= 1.0:
         raise EdgeqError(f"{path}: [{name}] max_float_mac_share must be between 0 and 1, not {pol.max_float_mac_share}")
     if pol.activation_matmul not in ("float", "int8"):

@@ -38,6 +38,20 @@ class OrtRunner:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
 
+class LazyRunner:
+    """An :class:`OrtRunner` made on its first call: references that are usually captured (the FP32
+    UNet's outputs) cost no memory unless a capture lacks them."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._runner: OrtRunner | None = None
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._runner is None:
+            self._runner = OrtRunner(self.path)
+        return self._runner.run(feeds)
+
+
 class GroupedRunner:
     """Per-group UNet graphs: each call runs the graph of the group whose timestep interval is nearest."""
 

@@ -53,15 +53,17 @@ def end_to_end(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Images from identical seeds through both pipelines: PSNR, SSIM, and tiny-sd adherence.
 
-    ``reference``: the FP32 pipeline's final latents for these prompts and seeds, already captured
-    (VAE decoder inputs); FP32 then only decodes them instead of denoising again.
+    ``fp32``: the FP32 pipeline, or, with ``reference`` (the FP32 pipeline's final latents for these
+    prompts and seeds, already captured, as VAE decoder inputs), just the FP32 VAE decoder's runner,
+    which decodes them: FP32 is not denoised a second time.
     """
     from edgeq.runtime.pipeline import GenerateOptions
+    from edgeq.verify.checks import to_image
 
     ref, got = [], []
     for i, p in enumerate(tqdm(prompts, desc="check end to end", unit="image")):
         if reference is not None:
-            ref.append(fp32.decode_vae_input(reference[i]))
+            ref.append(to_image(fp32.run({"latent_sample": reference[i]})["sample"]))
         else:
             ref.append(fp32.generate(GenerateOptions(prompt=p, seed=seed + i)))
         got.append(quant.generate(GenerateOptions(prompt=p, seed=seed + i)))
