@@ -44,12 +44,10 @@ def count_macs(fp32_path: Path, feeds: dict[str, np.ndarray], nodes: Sequence[st
     """Multiply-accumulates of each Conv/MatMul/Gemm in ``nodes`` for one call with ``feeds``.
 
     Shapes come from one ONNX Runtime run with the nodes' outputs as extra graph outputs, so dynamic
-    axes and reshapes are resolved exactly as they run. The run is at batch 1 (MACs scale with the
-    batch; shares do not) without ORT's memory arena: on the SD1.5 UNet at the CFG batch of 2, with
+    axes and reshapes are resolved exactly as they run. A dynamic-batch graph runs at batch 1 (MACs
+    scale with the batch; shares do not), without ORT's memory arena: on the SD1.5 UNet at the CFG batch of 2, with
     the arena, it peaked at 18.6 GB.
     """
-    batch = next((v.shape[0] for k, v in feeds.items() if k == "sample"), 1)
-    feeds = {k: (v[:1] if v.ndim and v.shape[0] == batch else v) for k, v in feeds.items()}
     import onnxruntime as ort
 
     model = onnx.load(str(fp32_path), load_external_data=False)
@@ -77,6 +75,9 @@ def count_macs(fp32_path: Path, feeds: dict[str, np.ndarray], nodes: Sequence[st
         opts.enable_cpu_mem_arena = False
         sess = ort.InferenceSession(tmp, opts, providers=["CPUExecutionProvider"])
         names = {i.name for i in sess.get_inputs()}
+        dynamic = any(i.name == "sample" and i.shape and not isinstance(i.shape[0], int) for i in sess.get_inputs())
+        batch = feeds["sample"].shape[0] if dynamic and "sample" in feeds else 1
+        feeds = {k: (v[:1] if v.ndim and v.shape[0] == batch else v) for k, v in feeds.items()} if batch > 1 else feeds
         got = {k: v.shape for k, v in zip(outs, sess.run(outs, {k: v for k, v in feeds.items() if k in names}))}
         del sess
     finally:
