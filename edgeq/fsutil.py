@@ -23,6 +23,21 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def save_onnx(model: Any, dst: Path) -> None:
+    """Save an ONNX model with its weights in one external file beside it (``<name>_data``)."""
+    import onnx
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(
+        model,
+        str(dst),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=dst.name + "_data",
+        size_threshold=1024,
+    )
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

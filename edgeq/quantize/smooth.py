@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeq.fsutil import save_onnx
 from edgeq.quantize.policy import Decision
 
 
@@ -129,15 +130,7 @@ def write_smoothed(fp32_path: Path, found: list[Site], act_max: dict[str, np.nda
     if shared:
         raise RuntimeError(f"initializers read by more than one node cannot be smoothed in place: {shared[:3]}")
     report = smooth_model(model, found, act_max, alpha)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(
-        model,
-        str(dst),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=dst.name + "_data",
-        size_threshold=1024,
-    )
+    save_onnx(model, dst)
     return report
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeq.fsutil import save_onnx
 from edgeq.quantize.policy import Decision
 
 
@@ -150,12 +151,4 @@ def write_split(fp32_path: Path, splits: list[Split], dst: Path) -> None:
     del light
     model = onnx.load(str(fp32_path), load_external_data=True)
     model = split_model(model, splits, shapes)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(
-        model,
-        str(dst),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=dst.name + "_data",
-        size_threshold=1024,
-    )
+    save_onnx(model, dst)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import EdgeqError
+from edgeq.fsutil import save_onnx
 from edgeq.runtime.pipeline import default_runner
 from edgeq.runtime.sessions import OrtRunner, component_runner, one_or_grouped
 from edgeq.targets.common import graphs_of, onnx_layout
@@ -109,15 +110,7 @@ def to_trt_onnx(src: Path, dst: Path, opts: TrtOptions) -> None:
         om.topological_sort()
         model = om.model
     model.producer_name = "edgeq"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(
-        model,
-        str(dst),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=dst.name + "_data",
-        size_threshold=1024,
-    )
+    save_onnx(model, dst)
 
 
 def _fp32_nodes(graph, patterns: tuple[str, ...]) -> set[str]:
