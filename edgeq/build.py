@@ -934,7 +934,7 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
         list(held_cap.settings.prompts),
         HELDOUT_SEED,
         tiny_sd=ctx.spec.calibration_data == "tiny-sd",
-        reference=list(held_cap.final_latents()),  # the held-out capture is the FP32 pipeline's run
+        reference=list(held_cap.vae_inputs()),  # the held-out capture is the FP32 pipeline's run
     )
     gates.append(Gate("pipeline", "psnr_db", None, e2e["psnr_db"], g.e2e_psnr_db))
     gates.append(Gate("pipeline", "ssim", None, e2e["ssim"], g.e2e_ssim))

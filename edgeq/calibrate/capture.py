@@ -103,10 +103,6 @@ class Capture:
     def __len__(self) -> int:
         return len(self.settings.prompts) * len(self.timesteps)
 
-    def final_latents(self) -> Iterator[np.ndarray]:
-        """Each prompt's final FP32 latents as the VAE decoder takes them (unscaled)."""
-        return self.vae_inputs()
-
 
 def read_prompts(path: Path) -> list[str]:
     if not path.is_file():

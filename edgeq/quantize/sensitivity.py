@@ -30,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
+from edgeq.calibrate.collect import augmented_session, dynamic_batch
 from edgeq.calibrate.histogram import _qparams
 from edgeq.quantize.policy import Decision, _constant_names
 from edgeq.quantize.profile import ComponentPolicy
@@ -48,40 +49,21 @@ def count_macs(fp32_path: Path, feeds: dict[str, np.ndarray], nodes: Sequence[st
     scale with the batch; shares do not), without ORT's memory arena: on the SD1.5 UNet at the CFG batch of 2, with
     the arena, it peaked at 18.6 GB.
     """
-    import onnxruntime as ort
-
     model = onnx.load(str(fp32_path), load_external_data=False)
     g = model.graph
     by_name = {n.name: n for n in g.node}
     wanted = [by_name[n] for n in nodes]
     shapes_of = {i.name: list(i.dims) for i in g.initializer}
-    outs = []
-    existing = {o.name for o in g.output}
+    outs: list[str] = []
     for n in wanted:  # outputs, and the activation input only where the weight does not give K
         need = (n.output[0],) if n.input[1] in shapes_of and n.op_type != "Gemm" else (n.input[0], n.output[0])
-        for t in need:
-            if t not in outs:
-                outs.append(t)
-    for t in outs:
-        if t not in existing:
-            g.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    fd, tmp = tempfile.mkstemp(prefix=".macs-", suffix=".onnx", dir=Path(fp32_path).parent)
-    os.close(fd)
-    try:
-        onnx.save_model(model, tmp)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        opts.log_severity_level = 3
-        opts.enable_cpu_mem_arena = False
-        sess = ort.InferenceSession(tmp, opts, providers=["CPUExecutionProvider"])
-        names = {i.name for i in sess.get_inputs()}
-        dynamic = any(i.name == "sample" and i.shape and not isinstance(i.shape[0], int) for i in sess.get_inputs())
-        batch = feeds["sample"].shape[0] if dynamic and "sample" in feeds else 1
-        feeds = {k: (v[:1] if v.ndim and v.shape[0] == batch else v) for k, v in feeds.items()} if batch > 1 else feeds
-        got = {k: v.shape for k, v in zip(outs, sess.run(outs, {k: v for k, v in feeds.items() if k in names}))}
-        del sess
-    finally:
-        os.unlink(tmp)
+        outs += [t for t in need if t not in outs]
+    sess = augmented_session(Path(fp32_path), outs)
+    names = {i.name for i in sess.get_inputs()}
+    batch = feeds["sample"].shape[0] if dynamic_batch(sess) and "sample" in feeds else 1
+    feeds = {k: (v[:1] if v.ndim and v.shape[0] == batch else v) for k, v in feeds.items()} if batch > 1 else feeds
+    got = {k: v.shape for k, v in zip(outs, sess.run(outs, {k: v for k, v in feeds.items() if k in names}))}
+    del sess
     shape = {**shapes_of, **{k: list(v) for k, v in got.items()}}
     macs = {}
     for n in wanted:

@@ -15,15 +15,13 @@ transform of an ONNX graph that another quantizer (here ORT's ``QDQQuantizer``) 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from edgeq.fsutil import save_onnx
 from edgeq.quantize.policy import Decision
@@ -72,23 +70,9 @@ def channel_absmax(
     model_path: Path, tensors: list[str], feeds: Iterable[dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
     """Per-channel (last axis) max |x| of each tensor over the given inputs."""
-    import onnxruntime as ort
+    from edgeq.calibrate.collect import augmented_session
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    have = {o.name for o in model.graph.output}
-    for t in tensors:
-        if t not in have:
-            model.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    fd, tmp = tempfile.mkstemp(prefix=".absmax-", suffix=".onnx", dir=Path(model_path).parent)
-    os.close(fd)
-    try:
-        onnx.save_model(model, tmp)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(tmp, opts, providers=["CPUExecutionProvider"])
-    finally:
-        os.unlink(tmp)
+    sess = augmented_session(Path(model_path), tensors)
     names = {i.name for i in sess.get_inputs()}
     out: dict[str, np.ndarray] = {}
     for f in feeds:

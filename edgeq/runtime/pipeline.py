@@ -148,11 +148,7 @@ class Pipeline:
         return z.astype(np.float32)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        return self.decode_vae_input(self.vae_input(latents))
-
-    def decode_vae_input(self, z: np.ndarray) -> np.ndarray:
-        """The image for the VAE decoder's input ``z`` (see :meth:`vae_input`), HxWx3 uint8."""
-        img = self.runners["vae_decoder"].run({"latent_sample": z})["sample"][0]
+        img = self.runners["vae_decoder"].run({"latent_sample": self.vae_input(latents)})["sample"][0]
         img = np.clip(img / 2 + 0.5, 0.0, 1.0).transpose(1, 2, 0)
         return (img * 255).round().astype(np.uint8)
 
