@@ -1,0 +1,144 @@
+"""Group gains: one Q/DQ graph whose activation scales come from a runtime input, per timestep group."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeq.quantize.gains import GAINS_INPUT, add_gains, gain_table, group_scale, reference_ranges
+from edgeq.quantize.insert import quantize_graph, read_activation_qparams
+from edgeq.quantize.policy import decide, tensors_to_calibrate
+from edgeq.quantize.profile import load_profile
+
+
+def _ranges(tensors, scale: float, seed: int) -> dict[str, tuple[float, float]]:
+    rng = np.random.default_rng(seed)
+    return {t: (-scale * float(rng.uniform(0.1, 1.5)), scale * float(rng.uniform(0.5, 1.5))) for t in tensors}
+
+
+def _feeds(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "sample": rng.standard_normal((2, 4, 8, 8)).astype(np.float32),
+        "timestep": np.array(500.0, np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32),
+    }
+
+
+def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
+    return float(
+        10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / max(np.sum((ref - x).astype(np.float64) ** 2), 1e-30))
+    )
+
+
+def _setup(tiny_exports, target):
+    import onnxruntime as ort
+
+    path = tiny_exports["sd15"] / "unet" / "model.onnx"
+    policy = load_profile(target).policy("unet")
+    model = onnx.load(str(path))
+    decisions = decide(model.graph, policy)
+    tensors = tensors_to_calibrate(model.graph, decisions)
+    for t in tensors:  # realistic ranges: the FP32 activations of two timesteps
+        model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = [_feeds(0), {**_feeds(1), "timestep": np.array(50.0, np.float32), "sample": 0.3 * _feeds(1)["sample"]}]
+    per_group = []
+    for f in feeds:
+        outs = s.run(tensors, f)
+        per_group.append({t: (float(o.min()), float(o.max())) for t, o in zip(tensors, outs)})
+    shared = {t: (min(r[t][0] for r in per_group), max(r[t][1] for r in per_group)) for t in tensors}
+    base = quantize_graph(path, decisions, policy, shared)
+    fixed = read_activation_qparams(base, tensors)
+    assert fixed and set(fixed) <= set(tensors)
+    return path, policy, decisions, tensors, feeds, per_group, base, fixed
+
+
+def _run(model: onnx.ModelProto, feeds: dict, level: str = "ORT_ENABLE_ALL") -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in s.get_inputs()}
+    return s.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+
+
+def test_gains_graph_is_bit_exact_to_per_group_graphs_with_power_of_two_scales(tiny_exports):
+    """TensorRT's flavour (symmetric int8 on inputs only): with group scales s * 2^k, every product
+    and rounding in the gains graph is the per-group graph's, exactly."""
+    path, policy, decisions, tensors, feeds, _, base, fixed = _setup(tiny_exports, "tensorrt")
+    rng = np.random.default_rng(5)
+    per_group = [
+        {t: (-s * 127 * 2.0**k, s * 127 * 2.0**k) for t, (s, _) in fixed.items() for k in [int(rng.integers(-2, 2))]}
+        for _ in feeds
+    ]
+    gains = gain_table(fixed, per_group, policy.activation_type, True, [{}, {}])
+    assert {float(np.log2(v)) for v in gains.row(1)} <= {-2.0, -1.0, 0.0, 1.0, 2.0}
+    gained = add_gains(onnx.ModelProto.FromString(base.SerializeToString()), gains.tensors)
+    onnx.checker.check_model(gained)
+    for g, f in enumerate(feeds):
+        ref = quantize_graph(
+            path, decisions, policy, reference_ranges(fixed, per_group, policy.activation_type, True)[g]
+        )
+        for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL"):
+            assert _sqnr(_run(ref, f, level), _run(gained, {**f, GAINS_INPUT: gains.row(g)}, level)) > 100
+
+
+@pytest.mark.parametrize("target", ["ort-cpu", "tensorrt"])
+def test_gains_graph_quantizes_like_the_per_group_graphs(tiny_exports, target):
+    """Asymmetric uint8 with output Q/DQ (ort-cpu) and symmetric int8 (tensorrt), realistic ranges.
+
+    Every gained tensor, read back after its Q/DQ and multiplied by its output gain, is the tensor
+    quantized with the group's scale and the fixed zero point. End to end the graphs differ only by
+    the order of float sums, which moves a few roundings: the random test UNet amplifies those (the
+    same per-group graph at two ORT optimisation levels differs as much), so end to end the test
+    compares quality against FP32.
+    """
+    from edgeq.quantize.gains import _limits
+
+    path, policy, decisions, tensors, feeds, per_group, base, fixed = _setup(tiny_exports, target)
+    sym = policy.activation_symmetric
+    gains = gain_table(fixed, per_group, policy.activation_type, sym, [{}, {}])
+    gained = add_gains(onnx.ModelProto.FromString(base.SerializeToString()), gains.tensors)
+    onnx.checker.check_model(gained)
+    refs = reference_ranges(fixed, per_group, policy.activation_type, sym)
+    qmin, qmax = _limits(policy.activation_type, sym)
+    k_all = len(gains.tensors)
+    probe = onnx.ModelProto.FromString(gained.SerializeToString())
+    dq = [f"{t}_DequantizeLinear_Output" for t in gains.tensors]
+    for t in list(gains.tensors) + dq:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    fp32 = onnx.load(str(path))
+    for g, f in enumerate(feeds):
+        row = gains.row(g)
+        ref_model = quantize_graph(path, decisions, policy, refs[g])
+        ref_q = read_activation_qparams(ref_model, tensors)
+        import onnxruntime as ort
+
+        s = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = s.run(None, {**f, GAINS_INPUT: row})[1:]
+        for k, t in enumerate(gains.tensors):
+            scale, z = ref_q[t]  # the per-group graph's scale is the gained one, its zero point the fixed one
+            assert z == fixed[t][1]
+            assert scale == pytest.approx(fixed[t][0] * row[k_all + k], rel=1e-5)
+            x, got = outs[k], outs[k_all + k] * row[k_all + k]
+            want = (np.clip(np.rint(x / scale) + z, qmin, qmax) - z) * scale
+            assert np.mean(np.abs(got - want) > 1e-3 * scale) < 1e-3, t
+        ref_db = _sqnr(_run(fp32, f), _run(ref_model, f))
+        gain_db = _sqnr(_run(fp32, f), _run(gained, {**f, GAINS_INPUT: row}))
+        assert abs(gain_db - ref_db) < 1.0, (ref_db, gain_db)
+    ones = np.ones(2 * k_all, np.float32)  # unit gains: the fixed graph
+    x = _run(fp32, feeds[0])
+    assert abs(_sqnr(x, _run(base, feeds[0])) - _sqnr(x, _run(gained, {**feeds[0], GAINS_INPUT: ones}))) < 1.0
+    w8 = lambda m: sorted(i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8)  # noqa: E731
+    assert w8(gained) == w8(base)  # one set of int8 weights
+
+
+def test_group_scale_keeps_the_zero_point_and_holds_the_range():
+    s = group_scale((-1.0, 3.0), 64, "uint8", False)
+    assert -64 * s <= -1.0 and (255 - 64) * s >= 3.0
+    assert max(3.0 / ((255 - 64) * s), 1.0 / (64 * s)) == pytest.approx(1.0)  # the tightest such scale
+    assert group_scale((-2.0, 1.0), 0, "int8", True) == pytest.approx(4.0 / 254)  # ONNX Runtime's symmetric scale
+    assert group_scale((0.0, 0.0), 10, "uint8", False) == 1.0  # a constant-zero tensor: any scale, no division by 0
