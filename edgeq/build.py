@@ -33,7 +33,7 @@ from edgeq.quantize.profile import ComponentPolicy, Profile, load_profile
 from edgeq.verify.checks import unet_groups
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUP_MODES = ("shared", "per-group", "auto")
+GROUP_MODES = ("shared", "per-group", "gains", "auto")
 GROUPINGS = ("uniform", "profile")
 HELDOUT_SEED = 100_000  # held-out images use seeds from here on; calibration uses --seed + index
 
@@ -134,8 +134,8 @@ def prepare(opts: BuildOptions, log=print) -> Context:
         raise EdgeqError(f"--grouping {grouping!r} is not one of {', '.join(GROUPINGS)}")
     if opts.calib_calls is not None and opts.calib_calls < 1:
         raise EdgeqError(f"--calib-calls must be at least 1, got {opts.calib_calls}")
-    if opts.range_method and opts.range_method not in METHODS:
-        raise EdgeqError(f"--range-method {opts.range_method!r} is not one of {', '.join(METHODS)}")
+    if opts.range_method and opts.range_method not in (*METHODS, "auto"):
+        raise EdgeqError(f"--range-method {opts.range_method!r} is not one of {', '.join(METHODS)}, auto")
     source = resolve(opts.model, opts.weights, opts.config_dir)
     if opts.out is not None:
         ensure_writable_dir(opts.out)
@@ -266,7 +266,7 @@ def choose_smoothing(
                 collect_isolated(path, tensors, cap, "unet", stats_path, limit)
             cal = ComponentCalibration("unet", policy, decisions, tensors, Stats.load(stats_path))
             groups = make_groups(ctx, cal.stats)
-            _, shared = choose_ranges(cal, groups, ctx.opts.range_method or policy.range_method)
+            _, shared = choose_ranges(cal, groups, _base_method(ctx.opts.range_method or policy.range_method))
             samples = unet_eval_samples(ctx, cap, [g.to_dict() for g in groups], limit)
             sw = switchable_model(path, decisions, policy)
             ev = Evaluator(sw, samples, [shared] * len(groups), policy.activation_symmetric, ctx.cache)
@@ -381,6 +381,63 @@ def choose_ranges(
     return per_group, shared
 
 
+def _base_method(method: str) -> str:
+    """The fixed method ``auto`` starts from (and uses before the classes are measured)."""
+    return "mse" if method == "auto" else method
+
+
+def unet_ranges(
+    ctx: Context, cal: ComponentCalibration, groups: list[Group], cap: Capture, fp32: Path, method: str, log=print
+) -> tuple[list[dict], dict, dict | None]:
+    """Per-group and shared ranges of every UNet tensor: by ``method``, or for ``auto`` by the method
+    each tensor class measured best with (:mod:`edgeq.quantize.range_choice`, cached per inputs)."""
+    if method != "auto":
+        per_group, shared = choose_ranges(cal, groups, method)
+        return per_group, shared, None
+    import numpy as np
+    import onnx
+
+    from edgeq.quantize.range_choice import CANDIDATES, RangeChoice, choose, tensor_classes
+    from edgeq.quantize.sensitivity import Evaluator, switchable_model
+
+    default = _base_method(method)
+    by_method = {m: choose_ranges(cal, groups, m) for m in CANDIDATES}
+    gd = [g.to_dict() for g in groups]
+    key = _key(
+        "ranges-1",
+        ctx.export_manifest["cache_key"],
+        asdict(cal.policy),
+        gd,
+        [asdict(d) for d in cal.decisions],
+        str(cap.folder),
+        MIXED_CALLS,
+        str(fp32),
+        cal.tensors,
+    )
+    path = ctx.cache / f"ranges-unet-{key}.json"
+    t0 = time.time()
+    if not path.is_file():
+        classes = tensor_classes(onnx.load(str(fp32), load_external_data=False).graph, cal.tensors, cal.decisions)
+        sw = switchable_model(fp32, cal.decisions, cal.policy)
+        samples = unet_eval_samples(ctx, cap, gd, MIXED_CALLS)
+        ev = Evaluator(sw, samples, [by_method[default][1]] * len(groups), cal.policy.activation_symmetric, ctx.cache)
+        gates = np.ones(len(sw.nodes), np.float32)
+
+        def worst(ranges: dict) -> float:
+            ev.set_ranges([ranges] * len(groups))
+            return float(ev.sqnr(gates).min())
+
+        log(f"range method per tensor class: {len(set(classes.values()))} classes on {len(samples)} calibration calls")
+        choice = choose(classes, {m: by_method[m][1] for m in CANDIDATES}, worst, default, log)
+        choice.calls = len(samples)
+        write_json(path, choice.to_dict() | {"seconds": round(time.time() - t0, 1)})
+    choice = RangeChoice.from_dict(json.loads(path.read_text()))
+    ctx.timings["range_choice_s"] = round(time.time() - t0, 1)
+    per_group = [{t: by_method[choice.method_of(t)][0][g][t] for t in cal.tensors} for g in range(len(groups))]
+    shared = {t: by_method[choice.method_of(t)][1][t] for t in cal.tensors}
+    return per_group, shared, choice.to_dict()
+
+
 @dataclass
 class UnetVariants:
     """The UNet quantized both ways, so the report can show what grouping gains."""
@@ -390,6 +447,11 @@ class UnetVariants:
     per_group_dir: Path | None
     plan: dict[str, Any]
     metrics: dict[str, list[dict]] = field(default_factory=dict)
+    gains_dir: Path | None = None  # one graph, per-group scales through edgeq_gains (edgeq.quantize.gains)
+
+    def gains(self) -> dict[str, Any]:
+        assert self.gains_dir is not None
+        return json.loads((self.gains_dir / "gains.json").read_text())
 
 
 def unet_source(ctx: Context, cal: ComponentCalibration, shared: dict, cap: Capture) -> tuple[Path, list]:
@@ -566,18 +628,13 @@ def sensitivity_analysis(
     out = out or Path("build") / f"{ctx.spec.name.strip('./').replace('/', '_')}-{ctx.profile.name}-sensitivity"
     method = ctx.opts.range_method or cal.policy.range_method
     groups = make_groups(ctx, cal.stats)
-    per_group, shared = choose_ranges(cal, groups, method)
-    ranges = per_group if ctx.group_mode == "per-group" else [shared] * len(groups)
+    _, shared = choose_ranges(cal, groups, _base_method(method))
     held = capture_set(ctx, "heldout")
     gd = [g.to_dict() for g in groups]
     samples = unet_eval_samples(ctx, held, gd, max(calls, len(held.timesteps)))
     fp32, splits = unet_source(ctx, cal, shared, cal_cap)
-    if splits and cal.policy.output_quantization:
-        extra_g, extra = choose_ranges(cal, groups, method, [t for t in cal.tensors if t not in shared])
-        shared |= extra
-        for r, e in zip(per_group, extra_g):
-            r |= e
-        ranges = per_group if ctx.group_mode == "per-group" else [shared] * len(groups)
+    per_group, shared, _ = unet_ranges(ctx, cal, groups, cal_cap, fp32, method, log)
+    ranges = per_group if ctx.group_mode == "per-group" else [shared] * len(groups)
     macs, act_act = unet_macs(cal, cal_cap, fp32)
     t0 = time.time()
     sw = switchable_model(fp32, cal.decisions, cal.policy)
@@ -662,13 +719,9 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, cap: Capture, log=pri
 
     method = ctx.opts.range_method or cal.policy.range_method
     groups = make_groups(ctx, cal.stats)
-    per_group, shared = choose_ranges(cal, groups, method)
+    _, shared = choose_ranges(cal, groups, _base_method(method))
     fp32, splits = unet_source(ctx, cal, shared, cap)
-    if splits and cal.policy.output_quantization:  # the split Convs' own outputs
-        extra_g, extra = choose_ranges(cal, groups, method, [t for t in cal.tensors if t not in shared])
-        shared |= extra
-        for r, e in zip(per_group, extra_g):
-            r |= e
+    per_group, shared, range_choice = unet_ranges(ctx, cal, groups, cap, fp32, method, log)
     mixed = None
     if ctx.goal_sqnr_db is not None:
         cal.decisions, mixed = mixed_precision(ctx, cal, groups, shared, cap, fp32, log)
@@ -738,13 +791,39 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, cap: Capture, log=pri
         "mixed_precision": mixed,
         "splits": [x.to_dict() for x in splits],
         "smoothquant": cal.smoothing,
+        "range_choice": range_choice,
         "quantized_nodes": [d.node for d in cal.decisions if d.quantized],
         "excluded_nodes": [
             {"node": d.node, "op_type": d.op_type, "reason": d.reason} for d in cal.decisions if not d.quantized
         ],
     }
     per_dir = root / "per-group" if len(groups) > 1 else None
-    return UnetVariants(groups, root / "shared", per_dir, plan)
+    gains_dir = None
+    if per_dir is not None and ctx.profile.calibration.group_gains:
+        gains_dir = root / "gains"
+        if not (gains_dir / "done").is_file():
+            write_gains_graph(
+                shared_model, cal.tensors, per_group, cal.policy, [g.to_dict() for g in groups], gains_dir
+            )
+        plan["gains"] = {"graph": "gains/model.onnx", **json.loads((gains_dir / "gains.json").read_text())}
+    return UnetVariants(groups, root / "shared", per_dir, plan, gains_dir=gains_dir)
+
+
+def write_gains_graph(
+    shared_model, tensors: list[str], per_group: list[dict], policy: ComponentPolicy, groups: list[dict], dst: Path
+) -> None:
+    """The shared Q/DQ graph with group gains, and its ``gains.json`` (cached beside the other variants)."""
+    from edgeq.fsutil import save_onnx
+    from edgeq.quantize.gains import GAINS_FILE, add_gains, gain_table
+    from edgeq.quantize.insert import read_activation_qparams
+
+    fixed = read_activation_qparams(shared_model, tensors)
+    gains = gain_table(fixed, per_group, policy.activation_type, policy.activation_symmetric, groups)
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    save_onnx(add_gains(copy.deepcopy(shared_model), gains.tensors), dst / "model.onnx")
+    write_json(dst / GAINS_FILE, gains.to_dict())
+    (dst / "done").write_text("ok\n")
 
 
 def quantize_single(ctx: Context, cal: ComponentCalibration) -> tuple[Path, dict]:
@@ -754,6 +833,8 @@ def quantize_single(ctx: Context, cal: ComponentCalibration) -> tuple[Path, dict
     from edgeq.quantize.insert import quantize_graph, read_activation_qparams, weight_summary
 
     method = ctx.opts.range_method or cal.policy.range_method
+    if method == "auto":  # measured per tensor class on the UNet only; here the profile's fixed method
+        method = _base_method(cal.policy.range_method)
     bits = 16 if "16" in cal.policy.activation_type else 8
     ranges = {
         t: tuple(
@@ -841,11 +922,17 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
                 ctx, [(unet.per_group_dir / f"model.g{i}.onnx", gr) for i, gr in enumerate(groups)]
             )
             unet.metrics["per-group"] = unet_groups(fp32_unet, runner, held_cap, groups, "check unet (per-group)")
+        if unet.gains_dir is not None:
+            from edgeq.runtime.sessions import GainsRunner
+
+            runner = GainsRunner(target.unet_runner(ctx, [(unet.gains_dir / "model.onnx", groups[0])]), unet.gains())
+            unet.metrics["gains"] = unet_groups(fp32_unet, runner, held_cap, groups, "check unet (gains)")
         del fp32_unet, runner  # a full-size UNet session holds gigabytes; the packaging and checks follow
         gc.collect()
         ctx.timings["check_unet_s"] = round(time.time() - t0, 1)
         chosen = _choose_mode(ctx, unet)
         mp = unet.plan["mixed_precision"]
+        rc = unet.plan["range_choice"]
         unet_info = {
             "mode": chosen,
             "groups": groups,
@@ -853,6 +940,7 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
             "precision": {
                 "float_macs": unet.plan["float_macs"],
                 "mixed_precision": {k: v for k, v in mp.items() if k != "macs"} if mp else None,
+                "range_choice": {k: v for k, v in rc.items() if k != "classes"} if rc else None,
             },
         }
     with staged_dir(out) as stage:
@@ -985,9 +1073,13 @@ def _choose_mode(ctx: Context, unet: UnetVariants) -> str:
         return "shared"
     if ctx.group_mode != "auto":
         return ctx.group_mode
+    cal = ctx.profile.calibration
     worst = {k: min(r["sqnr_db"] for r in rows) for k, rows in unet.metrics.items()}
-    gain = worst["per-group"] - worst["shared"]
-    return "per-group" if gain >= ctx.profile.calibration.auto_min_gain_db else "shared"
+    if max(worst.values()) - worst["shared"] < cal.auto_min_gain_db:
+        return "shared"  # grouping does not pay for itself
+    if "gains" in worst and worst["gains"] >= worst["per-group"] - cal.gains_tolerance_db:
+        return "gains"  # one graph and one set of weights, within the tolerance of per-group graphs
+    return "per-group"
 
 
 def _quant_counts(cals: dict[str, ComponentCalibration]) -> dict[str, dict[str, int]]:

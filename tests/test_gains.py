@@ -142,3 +142,31 @@ def test_group_scale_keeps_the_zero_point_and_holds_the_range():
     assert max(3.0 / ((255 - 64) * s), 1.0 / (64 * s)) == pytest.approx(1.0)  # the tightest such scale
     assert group_scale((-2.0, 1.0), 0, "int8", True) == pytest.approx(4.0 / 254)  # ONNX Runtime's symmetric scale
     assert group_scale((0.0, 0.0), 10, "uint8", False) == 1.0  # a constant-zero tensor: any scale, no division by 0
+
+
+def test_tensor_classes_and_per_class_choice(tiny_exports):
+    """Classes name the reader and the producer; the choice is coordinate ascent on a measurement,
+    never below the all-default baseline, keeping the default on ties."""
+    from edgeq.quantize.range_choice import choose, tensor_classes
+
+    path = tiny_exports["sd15"] / "unet" / "model.onnx"
+    policy = load_profile("ort-cpu").policy("unet")
+    graph = onnx.load(str(path)).graph
+    decisions = decide(graph, policy)
+    tensors = tensors_to_calibrate(graph, decisions)
+    classes = tensor_classes(graph, tensors, decisions)
+    names = set(classes.values())
+    assert {"Conv input from SiLU", "MatMul input from LayerNormalization", "Conv output", "MatMul output"} <= names
+    by = {m: {t: (-float(k), float(k)) for t in tensors} for k, m in enumerate(["minmax", "percentile", "mse"], 1)}
+    # a measurement where SiLU inputs like wide ranges (min-max: 1) and everything else likes mse (3)
+    want = {c: ("minmax" if c == "Conv input from SiLU" else "mse") for c in names}
+
+    def worst(r):
+        return -sum(abs(r[t][1] - {"minmax": 1, "mse": 3}[want[classes[t]]]) for t in tensors)
+
+    choice = choose(classes, by, worst, "mse", log=lambda *_: None)
+    assert choice.winners == want
+    assert choice.final_db == 0 and choice.baseline_db < 0
+    assert all(choice.method_of(t) == want[classes[t]] for t in tensors)
+    flat = choose(classes, by, lambda r: 1.0, "mse", log=lambda *_: None)  # ties: the default stays
+    assert set(flat.winners.values()) == {"mse"} and flat.final_db == flat.baseline_db

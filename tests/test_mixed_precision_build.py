@@ -47,14 +47,14 @@ def test_sensitivity_bad_calls(cache):
 
 
 def test_build_with_goal_and_shortcut_splitting(cache):
-    """Profile with SmoothQuant, shortcut splitting and a goal: the choices are measured, recorded and
-    explained (split Convs and float nodes say why); the report shows the float share and trade-off."""
+    """Profile with SmoothQuant, shortcut splitting, per-class range methods and a goal: the choices are
+    measured, recorded and explained (split Convs and float nodes say why); the report shows the float share and trade-off."""
     text = (ROOT / "targets" / "ort-cpu.toml").read_text()
     text = text.replace(
         'activation_matmul = "float"   #',
         'split_concat_convs = true\ngoal_sqnr_db = 31.5\nsmoothquant = true\nactivation_matmul = "float"   #',
         1,
-    )
+    ).replace('range_method = "mse"', 'range_method = "auto"', 1)
     prof = cache / "ort-cpu-mp.toml"
     prof.write_text(text)
     out = cache / "build"
@@ -70,6 +70,13 @@ def test_build_with_goal_and_shortcut_splitting(cache):
     sq = plan["smoothquant"]
     assert sq["sites"] > 0 and [c["alpha"] for c in sq["candidates"]] == [None, 0.25, 0.5, 0.75]
     assert sq["alpha"] == max(sq["candidates"], key=lambda c: c["worst_db"])["alpha"]
+    rc = plan["range_choice"]  # per tensor class, the measured best of min-max, percentile and MSE clipping
+    assert rc["default"] == "mse" and set(rc["winners"].values()) <= {"minmax", "percentile", "mse"}
+    assert "Conv input from SiLU" in rc["winners"] and "MatMul input from LayerNormalization" in rc["winners"]
+    for c, w in rc["winners"].items():
+        assert rc["measured_worst_db"][c][w] == max(rc["measured_worst_db"][c].values())
+    assert rc["final_worst_db"] >= rc["baseline_worst_db"]
+    assert "Range method per tensor class" in (out / "report.md").read_text()
     mp = plan["mixed_precision"]
     floated = {f["node"] for f in mp["float_nodes"]}
     for line in summary.splitlines():

@@ -138,6 +138,40 @@ def quantize(fp32: Path, target: str, n_calib: int, log) -> tuple[Path, dict]:
     return dst, info
 
 
+def with_gains(target: str, int8: Path, n_calib: int, groups: int = 4) -> Path:
+    """The INT8 graph with group gains (edgeq.quantize.gains): per-group ranges from the same
+    statistics, the calibration calls split into ``groups`` timestep groups."""
+    import onnx
+
+    from edgeq.calibrate.collect import Stats
+    from edgeq.calibrate.histogram import select_range
+    from edgeq.fsutil import save_onnx
+    from edgeq.quantize.gains import add_gains, gain_table
+    from edgeq.quantize.insert import read_activation_qparams
+    from edgeq.quantize.profile import load_profile
+
+    dst = WORK / f"int8-{target}-gains" / "model.onnx"
+    if dst.is_file():
+        return dst
+    policy = load_profile(target).policy("unet")
+    stats = Stats.load(WORK / f"stats-{target}-{n_calib}.npz")
+    model = onnx.load(str(int8), load_external_data=True)
+    tensors = [t for t in stats.tensors]
+    fixed = read_activation_qparams(model, tensors)
+    parts = np.array_split(np.arange(n_calib), groups)
+    per_group = [
+        {
+            t: tuple(float(v) for v in select_range(stats.group(t, list(p)), "mse", policy.activation_symmetric))
+            for t in fixed
+        }
+        for p in parts
+    ]
+    gains = gain_table(fixed, per_group, policy.activation_type, policy.activation_symmetric, [{}] * groups)
+    save_onnx(add_gains(model, gains.tensors), dst)
+    (dst.parent / "gains.json").write_text(json.dumps(gains.to_dict()))
+    return dst
+
+
 def timed(fn, x, repeats: int, warmup: int) -> dict[str, float]:
     for _ in range(warmup):
         fn(x)
@@ -155,6 +189,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--calib", type=int, default=8, help="random calibration calls (speed only)")
     ap.add_argument("--ort", action="store_true", help="also ONNX Runtime FP32 vs edgeq ort-cpu")
+    ap.add_argument("--gains", action="store_true", help="also the INT8 graphs with group gains (one graph, 4 groups)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     fp32 = export_fp32()
@@ -163,6 +198,11 @@ def main() -> None:
         prep["ort-cpu"] = quantize(fp32, "ort-cpu", args.calib, print)
     x = feeds(123, 500.0)
     results: dict[str, dict] = {}
+    gained = {t: with_gains(t, p[0], args.calib) for t, p in prep.items()} if args.gains else {}
+
+    def gain_feed(target: str) -> dict[str, np.ndarray]:
+        table = json.loads((gained[target].parent / "gains.json").read_text())["table"]
+        return {**x, "edgeq_gains": np.asarray(table[1], np.float32)}
 
     import openvino as ov
 
@@ -172,11 +212,14 @@ def main() -> None:
         "ov_default": (fp32, {}),
         "edgeq_openvino": (prep["openvino"][0], {"INFERENCE_PRECISION_HINT": "f32"}),
     }
+    if gained:
+        ov_variants["edgeq_openvino_gains"] = (gained["openvino"], {"INFERENCE_PRECISION_HINT": "f32"})
     for name, (path, cfg) in ov_variants.items():
         t0 = time.time()
         compiled = core.compile_model(core.read_model(str(path)), "CPU", {"PERFORMANCE_HINT": "LATENCY", **cfg})
         load_s = time.time() - t0
-        r = timed(lambda f, c=compiled: c(f), x, args.repeats, args.warmup)
+        xf = gain_feed("openvino") if name.endswith("_gains") else x
+        r = timed(lambda f, c=compiled: c(f), xf, args.repeats, args.warmup)
         r.update(
             precision_hint=compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), load_s=round(load_s, 1)
         )
@@ -187,11 +230,13 @@ def main() -> None:
     if args.ort:
         from edgeq.runtime.sessions import OrtRunner
 
-        for name, path in (("ort_fp32", fp32), ("edgeq_ort_cpu", prep["ort-cpu"][0])):
+        ort_variants = [("ort_fp32", fp32), ("edgeq_ort_cpu", prep["ort-cpu"][0])]
+        ort_variants += [("edgeq_ort_cpu_gains", gained["ort-cpu"])] if gained else []
+        for name, path in ort_variants:
             t0 = time.time()
             runner = OrtRunner(path)
             load_s = time.time() - t0
-            r = timed(runner.run, x, args.repeats, args.warmup)
+            r = timed(runner.run, gain_feed("ort-cpu") if name.endswith("_gains") else x, args.repeats, args.warmup)
             r.update(load_s=round(load_s, 1))
             results[name] = r
             print(name, r, flush=True)
@@ -206,7 +251,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        rt = "ort" if name in ("ort_fp32", "edgeq_ort_cpu") else "ov"
+        rt = "ort" if name.startswith(("ort_", "edgeq_ort")) else "ov"
         lines.append(
             f"| {name} | {'ONNX Runtime' if rt == 'ort' else 'OpenVINO'} | {r.get('precision_hint', '-')} | "
             f"{r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} | {base[rt] / r['median_s']:.2f}x |"
@@ -222,8 +267,9 @@ def main() -> None:
         "peak_rss_gb": round(peak_rss_gb(), 2),
     }
     dest = ROOT / "benchmarks"
-    (dest / "sd15_unet_latency.md").write_text(md)
-    (dest / "sd15_unet_latency.json").write_text(json.dumps(out, indent=2) + "\n")
+    stem = "sd15_unet_latency_gains" if args.gains else "sd15_unet_latency"
+    (dest / f"{stem}.md").write_text(md)
+    (dest / f"{stem}.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

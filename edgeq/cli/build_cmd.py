@@ -22,13 +22,20 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--groups", type=int, help="timestep groups (1 = classic calibration; default: the profile's)")
     p.add_argument(
         "--group-mode",
-        choices=("shared", "per-group", "auto"),
-        help="one graph with ranges good for all groups, one graph per group, or per-group only where it helps",
+        choices=("shared", "per-group", "gains", "auto"),
+        help="one graph with ranges good for all groups; one graph per group; one graph whose scales follow the "
+        "group through a small runtime input (gains); or auto: grouping only where it helps, gains where they "
+        "match the per-group graphs",
     )
     p.add_argument(
         "--grouping", choices=("uniform", "profile"), help="equal step counts, or merge steps with alike ranges"
     )
-    p.add_argument("--range-method", choices=("minmax", "percentile", "mse", "entropy"))
+    p.add_argument(
+        "--range-method",
+        choices=("minmax", "percentile", "mse", "entropy", "auto"),
+        help="activation range selection; auto: per tensor class, the method among min-max, percentile and MSE "
+        "clipping that measures best in the fake-quant simulation (default: the profile's)",
+    )
     p.add_argument(
         "--goal-sqnr",
         type=float,

@@ -77,6 +77,10 @@ class CalibrationDefaults:
     group_mode: str = "auto"
     grouping: str = "profile"
     auto_min_gain_db: float = 0.5
+    # group gains (one graph, per-group scales as a runtime input): built and checked beside the
+    # per-group graphs; auto picks them when their worst group is within this of the per-group graphs'
+    group_gains: bool = True
+    gains_tolerance_db: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -146,8 +150,8 @@ def _component(name: str, d: dict[str, Any], path: Path) -> ComponentPolicy:
             raise EdgeqError(f"{path}: [{name}] type {t!r} is not one of {', '.join(TYPES)}")
     from edgeq.calibrate.histogram import METHODS
 
-    if pol.range_method not in METHODS:
-        raise EdgeqError(f"{path}: [{name}] range_method {pol.range_method!r} is not one of {', '.join(METHODS)}")
+    if pol.range_method not in (*METHODS, "auto"):
+        raise EdgeqError(f"{path}: [{name}] range_method {pol.range_method!r} is not one of {', '.join(METHODS)}, auto")
     if not all(0.0 < a < 1.0 for a in pol.smoothquant_alphas):
         raise EdgeqError(f"{path}: [{name}] smoothquant_alphas must lie strictly between 0 and 1")
     if not 0.0 <= pol.max_float_mac_share <= 1.0:

@@ -237,6 +237,7 @@ class Evaluator:
         self.sw = sw
         self.samples = samples
         self.n_groups = len(group_ranges)
+        self.symmetric = symmetric
         self.qfeeds = [sw.qparam_feeds(r, symmetric) for r in group_ranges]
         fd, path = tempfile.mkstemp(prefix=".switchable-", suffix=".onnx", dir=workdir)
         os.close(fd)
@@ -252,6 +253,10 @@ class Evaluator:
         names = {i.name for i in self.sess.get_inputs()}
         self.names = names
         self.calls = 0
+
+    def set_ranges(self, group_ranges: list[dict[str, tuple[float, float]]]) -> None:
+        """Evaluate with other activation ranges (they are graph inputs: no new session)."""
+        self.qfeeds = [self.sw.qparam_feeds(r, self.symmetric) for r in group_ranges]
 
     def sqnr(self, gates: np.ndarray) -> np.ndarray:
         """SQNR (dB) of each timestep group with the given gates (1 = quantized)."""

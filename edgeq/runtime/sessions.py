@@ -67,6 +67,25 @@ class GroupedRunner:
         return self.runners[self._group_for(self.groups, float(feeds["timestep"]))].run(feeds)
 
 
+class GainsRunner:
+    """One UNet graph for every timestep group: each call feeds the gains row of its group
+    (``edgeq_gains``, see :mod:`edgeq.quantize.gains`), chosen by the same nearest-interval rule."""
+
+    def __init__(self, runner: Runner, gains: dict):
+        from edgeq.calibrate.grouping import group_for
+
+        self._group_for = group_for
+        self.runner = runner
+        self.input = gains["input"]
+        self.groups = gains["groups"]
+        self.table = np.asarray(gains["table"], np.float32)
+        self.input_names = [n for n in runner.input_names if n != self.input]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        g = self._group_for(self.groups, float(feeds["timestep"]))
+        return self.runner.run({**feeds, self.input: self.table[g]})
+
+
 def one_or_grouped(runners: list[tuple[Runner, dict]]) -> Runner:
     """The runner of a single graph, or a :class:`GroupedRunner` over per-group graphs."""
     return runners[0][0] if len(runners) == 1 else GroupedRunner(runners)
@@ -76,4 +95,8 @@ def component_runner(make, build: Path, info: dict, key: str = "path") -> Runner
     """``make(file)`` for a manifest component: its one graph, or each of its per-group graphs."""
     if "graphs" in info:
         return GroupedRunner([(make(build / g[key]), g) for g in info["graphs"]])
+    if "gains" in info:
+        import json
+
+        return GainsRunner(make(build / info[key]), json.loads((build / info["gains"]).read_text()))
     return make(build / info[key])

@@ -3,7 +3,9 @@
 ORT fuses DequantizeLinear -> Conv/MatMul -> QuantizeLinear into QLinearConv / QLinearMatMul (and
 MatMulInteger) kernels at session creation; U8S8 is their fast path on x86 with VNNI. Per-group
 mode ships one graph per timestep group, all reading one weights file (each ORT session still
-loads its own copy of the weights into memory: memory x groups, disk x 1).
+loads its own copy of the weights into memory: memory x groups, disk x 1). Gains mode ships one
+graph whose activation scales follow the group through its ``edgeq_gains`` input (memory and disk
+x 1; ``unet/gains.json`` holds the rows).
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[li
             base.pop("path")
             base["graphs"] = [{"path": f"unet/model.g{g.index}.onnx", **g.to_dict()} for g in unet.groups]
             base["precision"] = "int8 (W8A8 Q/DQ), one graph per timestep group"
+        elif name == "unet" and mode == "gains":
+            for p in sorted(unet.gains_dir.iterdir()):
+                if p.name != "done":
+                    shutil.copy2(p, dst / p.name)
+                    files.append(dst / p.name)
+            base["path"] = "unet/model.onnx"
+            base["gains"] = "unet/gains.json"
+            base["precision"] = "int8 (W8A8 Q/DQ), per-group activation scales through the edgeq_gains input"
         else:
             src = unet.shared_dir if name == "unet" else vae_dir
             for p in sorted(src.iterdir()):

@@ -279,6 +279,25 @@ def _precision_markdown(p: dict[str, Any]) -> list[str]:
             "",
             "![trade-off](tradeoff.png)",
         ]
+    rc = p.get("range_choice")
+    if rc:
+        methods = sorted({m for row in rc["measured_worst_db"].values() for m in row})
+        lines += [
+            "",
+            f"### Range method per tensor class (measured on {rc['calls']} calibration calls, simulated)",
+            "",
+            f"Worst group with every class at {rc['default']}: {rc['baseline_worst_db']:.2f} dB; "
+            f"with each class at its winner: {rc['final_worst_db']:.2f} dB.",
+            "",
+            "| tensor class | tensors | " + " | ".join(f"{m} dB" for m in methods) + " | chosen |",
+            "|---|---|" + "---|" * len(methods) + "---|",
+            *(
+                f"| {c} | {rc['tensors_per_class'][c]} | "
+                + " | ".join(f"{row[m]:.2f}" if m in row else "-" for m in methods)
+                + f" | {rc['winners'][c]} |"
+                for c, row in rc["measured_worst_db"].items()
+            ),
+        ]
     return lines
 
 
