@@ -553,7 +553,7 @@ def mixed_precision(
 
     goal = ctx.goal_sqnr_db
     key = _key(
-        "mixed-1",
+        "mixed-2",
         ctx.export_manifest["cache_key"],
         asdict(cal.policy),
         goal,
@@ -577,9 +577,12 @@ def mixed_precision(
         sw = switchable_model(fp32, cal.decisions, cal.policy)
         samples = unet_eval_samples(ctx, cap, [g.to_dict() for g in groups], MIXED_CALLS)
         ev = Evaluator(sw, samples, [shared] * len(groups), cal.policy.activation_symmetric, ctx.cache)
-        log(f"mixed precision: goal worst-group SQNR >= {goal} dB on {len(samples)} calibration calls")
-        mp = search(ev, sw, share, goal, cal.policy.max_float_mac_share, base_share=base["float_share"], log=log)
+        aim = goal + cal.policy.goal_margin_db
+        log(f"mixed precision: goal worst-group SQNR >= {goal} dB (searching to {aim:g}) on {len(samples)} calls")
+        mp = search(ev, sw, share, aim, cal.policy.max_float_mac_share, base_share=base["float_share"], log=log)
         res = mp.to_dict() | {
+            "goal_db": goal,
+            "searched_to_db": aim,
             "macs": macs,
             "activation_matmuls": sorted(act_act),
             "profile_float_share": base["float_share"],

@@ -1,21 +1,25 @@
 #!/usr/bin/env python
-"""Issue 8's table on tiny-sd, in one run: edgeq without and with each quality feature, per target.
+"""Issue 8's table on tiny-sd, in one run: the peers, edgeq without and with each quality feature, per target.
 
 For each target (default ``ort-cpu``, ``openvino``, ``tensorrt`` simulated on the CPU) it runs full
-``edgeq build``s of tiny-sd that differ only in the UNet policy:
+``edgeq build``s of tiny-sd that differ only in the profile, each step adding one feature:
 
-* ``base``: the target profile as shipped;
+* ``base``: the target profile as shipped, without group gains (group mode auto: shared or per-group);
 * ``+split``: shortcut splitting (``split_concat_convs = true``);
-* ``+smooth``: and SmoothQuant with alpha measured per model (``smoothquant = true``);
-* ``+mixed``: and mixed precision to ``--goal`` dB worst-group SQNR (``goal_sqnr_db``).
+* ``+smooth``: SmoothQuant with alpha measured per model (``smoothquant = true``);
+* ``+ranges``: range method per tensor class, measured (``range_method = "auto"``);
+* ``+gains``: per-group scales in one graph (``--group-mode gains``);
+* ``+mixed``: mixed precision to ``--goal`` dB worst-group SQNR (``goal_sqnr_db``).
 
 Targets in ``--ladder`` get every step; the others get ``base`` and all features together.
 
 Each row: worst and mean group UNet SQNR of the deployed graph on held-out prompts, end-to-end PSNR
-and SSIM against FP32, tiny-sd adherence (and FP32's), the share of the weight layers' MACs left
-float, the attention MatMuls' precision, build time. The peers' rows (ORT ``quantize_static``
-defaults, NNCF's transformer preset) are read from ``benchmarks/peers.json`` (tools/bench_peers.py,
-same capture and held-out prompts). Writes benchmarks/mixed_precision_tiny-sd.{md,json}.
+and SSIM against FP32, tiny-sd adherence (and FP32's), UNet latency against the FP32 graph on the
+same runtime (median of ``--repeats`` calls after a warm-up; ORT FP32 with all optimisations,
+OpenVINO with the f32 hint), the share of the weight layers' MACs left float, the attention
+MatMuls' precision, build time. The peers (ORT ``quantize_static`` defaults, NNCF's transformer
+preset) are measured in the same run on the same capture and held-out prompts (their UNet only:
+the VAE stays FP32 in their rows). Writes benchmarks/mixed_precision_tiny-sd.{md,json}.
 
     python tools/bench_mixed_precision.py [--targets ort-cpu openvino tensorrt] [--goal 32]
 """
@@ -31,19 +35,104 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = {
-    "base": "",
-    "+split": "split_concat_convs = true\n",
-    "+split+smooth": "split_concat_convs = true\nsmoothquant = true\n",
-    "+split+smooth+mixed": "split_concat_convs = true\nsmoothquant = true\ngoal_sqnr_db = {goal}\n",
-}
+STEPS = ["base", "+split", "+smooth", "+ranges", "+gains", "+mixed"]
 
 
-def profile_with(target: str, extra: str, dst: Path) -> Path:
+def profile_with(target: str, step: str, goal: float, dst: Path) -> tuple[Path, str | None]:
+    """The target profile with the features up to ``step``; and the group mode to force (or None)."""
+    upto = STEPS[: STEPS.index(step) + 1]
     text = (ROOT / "targets" / f"{target}.toml").read_text()
-    head, sep, tail = text.partition("[unet]\n")
-    dst.write_text(head + sep + extra + tail)
-    return dst
+    unet = ""
+    unet += "split_concat_convs = true\n" if "+split" in upto else ""
+    unet += "smoothquant = true\n" if "+smooth" in upto else ""
+    unet += f"goal_sqnr_db = {goal}\n" if "+mixed" in upto else ""
+    if "+ranges" in upto:
+        text = text.replace('range_method = "mse"', 'range_method = "auto"', 1)  # the [unet] section's
+    text = text.replace("[unet]\n", "[unet]\n" + unet, 1)
+    text = text.replace(
+        "[calibration]\n", f"[calibration]\ngroup_gains = {'true' if '+gains' in upto else 'false'}\n", 1
+    )
+    dst.write_text(text)
+    return dst, ("gains" if "+gains" in upto else None)
+
+
+def timed(run, feeds: dict, repeats: int, warmup: int = 3) -> float:
+    import numpy as np
+
+    for _ in range(warmup):
+        run(feeds)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(feeds)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def unet_latency(out: Path, target: str, repeats: int) -> dict | None:
+    """Median UNet call of the build and of its FP32 source on the same runtime (None: TensorRT,
+    whose CPU simulation says nothing about engine speed)."""
+    if target == "tensorrt":
+        return None
+    from edgeq.bench import feeds_for
+    from edgeq.manifest import read_manifest
+    from edgeq.runtime.pipeline import Pipeline
+    from edgeq.runtime.sessions import OrtRunner
+    from edgeq.targets import get_target
+    from edgeq.targets import openvino as ov_target
+
+    m = read_manifest(out)
+    x = feeds_for(m, m["components"]["unet"])
+    unet = Pipeline(out, runners=get_target(target).runners()).runners["unet"]
+    src = Path(m["source_export"]["folder"]) / "unet" / "model.onnx"
+    fp32 = ov_target.float_runner(src, m) if target == "openvino" else OrtRunner(src)
+    f, q = timed(fp32.run, x, repeats), timed(unet.run, x, repeats)
+    return {"fp32_ms": round(1000 * f, 2), "int8_ms": round(1000 * q, 2), "speedup": round(f / q, 3)}
+
+
+def peers(num_heldout: int, repeats: int) -> dict:
+    """ORT quantize_static defaults and NNCF's transformer preset on tiny-sd's calibration capture."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench_peers import _nncf_tiny, _quantize_static_tiny
+    from compare_calibration import images, unet_quality
+
+    from edgeq.build import BuildOptions, calibrate, capture_set, make_groups, prepare
+    from edgeq.runtime.pipeline import Pipeline
+    from edgeq.runtime.sessions import OrtRunner
+    from edgeq.targets import openvino as ov_target
+
+    ctx = prepare(BuildOptions("tiny-sd", num_heldout=num_heldout))
+    cal, held = capture_set(ctx, "calibration"), capture_set(ctx, "heldout")
+    fp32_path = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    qs, _ = _quantize_static_tiny(fp32_path, cal, ctx.cache)
+    nncf, _ = _nncf_tiny(fp32_path, cal, ctx.cache)
+    fpipe = Pipeline(ctx.export_dir)
+    ref = images(fpipe, list(held.settings.prompts))
+    fp32 = OrtRunner(fp32_path)
+    x = next(iter(held.unet_samples(1))).feeds
+    groups = [g.to_dict() for g in make_groups(ctx, calibrate(ctx, cal)["unet"].stats)]
+    out = {}
+    for name, make, base in (
+        ("ort_quantize_static", lambda: OrtRunner(qs), lambda: fp32),
+        (
+            "nncf_int8",
+            lambda: ov_target.OpenVinoRunner(nncf, inference_precision="f32", cache=False),
+            lambda: ov_target.OpenVinoRunner(fp32_path, inference_precision="f32", cache=False),
+        ),
+    ):
+        r = make()
+        q = unet_quality(fpipe, fp32, r, held, groups, ref, name)
+        f_s, q_s = timed(base().run, x, repeats), timed(r.run, x, repeats)
+        out[name] = {
+            **q,
+            "latency": {
+                "fp32_ms": round(1000 * f_s, 2),
+                "int8_ms": round(1000 * q_s, 2),
+                "speedup": round(f_s / q_s, 3),
+            },
+        }
+        print(name, json.dumps(out[name]), flush=True)
+    return out
 
 
 def row(rep, out: Path, seconds: float) -> dict:
@@ -69,6 +158,8 @@ def row(rep, out: Path, seconds: float) -> dict:
         "mixed_float_nodes": [x["node"] for x in mp.get("float_nodes", [])],
         "mixed_goal_met": mp.get("met"),
         "smoothquant_alpha": (plan.get("smoothquant") or {}).get("alpha"),
+        "range_winners": (plan.get("range_choice") or {}).get("winners"),
+        "variants_worst_db": {k: min(r["sqnr_db"] for r in v) for k, v in rep.variants.items()},
         "build_s": round(seconds, 1),
     }
 
@@ -79,6 +170,7 @@ def main() -> None:
     ap.add_argument("--ladder", nargs="*", default=["ort-cpu"], help="targets that get every step")
     ap.add_argument("--goal", type=float, default=32.0)
     ap.add_argument("--num-heldout", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=30, help="timed UNet calls per row (after 3 warm-up)")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "mixed-precision")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "mixed_precision_tiny-sd")
     a = ap.parse_args()
@@ -87,25 +179,30 @@ def main() -> None:
     from edgeq.fsutil import write_json
 
     a.work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"goal_db": a.goal, "num_heldout": a.num_heldout, "targets": {}}
+    res: dict = {"goal_db": a.goal, "num_heldout": a.num_heldout, "repeats": a.repeats, "targets": {}}
+    res["peers"] = peers(a.num_heldout, a.repeats)
     for target in a.targets:
         res["targets"][target] = {}
-        names = list(VARIANTS) if target in a.ladder else ["base", list(VARIANTS)[-1]]
+        names = STEPS if target in a.ladder else ["base", STEPS[-1]]
         for name in names:
-            extra = VARIANTS[name]
-            prof = profile_with(target, extra.format(goal=a.goal), a.work / f"{target}{name}.toml")
+            prof, mode = profile_with(target, name, a.goal, a.work / f"{target}{name}.toml")
             out = a.work / f"tiny-sd-{target}{name}"
             t0 = time.time()
             rep, _ = build(
                 BuildOptions(
-                    "tiny-sd", target=str(prof), out=out, num_heldout=a.num_heldout, onnx_only=target == "tensorrt"
+                    "tiny-sd",
+                    target=str(prof),
+                    out=out,
+                    num_heldout=a.num_heldout,
+                    group_mode=mode,
+                    onnx_only=target == "tensorrt",
                 )
             )
-            res["targets"][target][name] = row(rep, out, time.time() - t0)
-            print(target, name, json.dumps(res["targets"][target][name]), flush=True)
+            r = row(rep, out, time.time() - t0)
+            r["latency"] = unet_latency(out, target, a.repeats)
+            res["targets"][target][name] = r
+            print(target, name, json.dumps(r), flush=True)
             write_json(a.out.with_suffix(".json"), res)
-    peers = json.loads((ROOT / "benchmarks" / "peers.json").read_text()).get("quality_tiny_sd", {})
-    res["peers"] = {k: v for k, v in peers.items() if k in ("ort_quantize_static", "nncf_int8")}
     write_json(a.out.with_suffix(".json"), res)
     a.out.with_suffix(".md").write_text(markdown(res))
     print(markdown(res))
@@ -115,14 +212,26 @@ def markdown(res: dict) -> str:
     lines = [
         f"# Quality features on tiny-sd (held-out prompts: {res['num_heldout']}, goal {res['goal_db']:g} dB)",
         "",
-        "| target | variant | worst / mean group SQNR dB | e2e PSNR dB | SSIM | adherence colour / shape "
-        "(FP32) | weight MACs float | attention MatMuls float | splits | SmoothQuant alpha | nodes floated | build s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Each step adds one feature to the row above it. UNet latency: median of "
+        f"{res.get('repeats', '?')} calls (CFG batch 2) against the FP32 graph on the same runtime, same run; "
+        "tiny-sd's UNet runs in milliseconds, where per-op overhead outweighs INT8 arithmetic (the full-size "
+        "figures are in sd15_unet_latency_gains.md). Peers: their UNet only (VAE FP32).",
+        "",
+        "| target | variant | group mode | worst / mean group SQNR dB | e2e PSNR dB | SSIM | adherence colour / shape "
+        "(FP32) | UNet ms (FP32 ms) | speed vs FP32 | weight MACs float | attention MatMuls float | splits | "
+        "SmoothQuant alpha | nodes floated | build s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def lat(r: dict) -> str:
+        x = r.get("latency")
+        return f"{x['int8_ms']:.1f} ({x['fp32_ms']:.1f}) | {x['speedup']:.2f}x" if x else "- | -"
+
     for name, p in res.get("peers", {}).items():
         lines.append(
-            f"| (peer) | {name} | {p['sqnr_worst_db']:.2f} / {p['sqnr_mean_db']:.2f} | {p['psnr_db']:.2f} "
-            "| - | - | - | - | - | - | - | - |"
+            f"| (peer) | {name} | shared | {p['sqnr_worst_db']:.2f} / {p['sqnr_mean_db']:.2f} | {p['psnr_db']:.2f} "
+            f"| {p['ssim']:.3f} | {p['adherence_colour']:.1f} / {p['adherence_shape']:.1f} | {lat(p)} "
+            "| - | - | - | - | - | - |"
         )
     for target, variants in res["targets"].items():
         for name, r in variants.items():
@@ -134,12 +243,23 @@ def markdown(res: dict) -> str:
                 else "-"
             )
             lines.append(
-                f"| {target} | {name} | {r['sqnr_worst_db']:.2f} / {r['sqnr_mean_db']:.2f} | {r['psnr_db']:.2f} | "
-                f"{r['ssim']:.3f} | {adh} | {100 * r['float_mac_share']:.2f}% | "
+                f"| {target} | {name} | {r['group_mode']} | {r['sqnr_worst_db']:.2f} / {r['sqnr_mean_db']:.2f} | "
+                f"{r['psnr_db']:.2f} | {r['ssim']:.3f} | {adh} | {lat(r)} | {100 * r['float_mac_share']:.2f}% | "
                 f"{r['attention_matmuls_float']} of {r['attention_matmuls']} | {r['splits']} | "
                 f"{r['smoothquant_alpha'] if r['smoothquant_alpha'] is not None else '-'} | "
                 f"{len(r['mixed_float_nodes'])} | {r['build_s']:.0f} |"
             )
+    lines += ["", "Worst group per UNet variant the checks measured (the deployed one is the group mode above):", ""]
+    for target, variants in res["targets"].items():
+        for name, r in variants.items():
+            v = ", ".join(f"{k} {x:.2f}" for k, x in r.get("variants_worst_db", {}).items())
+            lines.append(f"- {target} {name}: {v}")
+    winners = next(
+        (r["range_winners"] for v in res["targets"].values() for r in v.values() if r.get("range_winners")), None
+    )
+    if winners:
+        lines += ["", "Range method chosen per tensor class (ort-cpu +ranges):", ""]
+        lines += [f"- {c}: {m}" for c, m in winners.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -43,6 +43,9 @@ class ComponentPolicy:
     # mixed precision: leave float the fewest nodes, chosen by measured sensitivity, that bring the
     # worst timestep group's UNet SQNR to this goal (None: off), within max_float_mac_share of the MACs
     goal_sqnr_db: float | None = None
+    # the search aims this far above the goal: its simulation, on calibration calls, read 0.4 dB above
+    # the deployed graph on held-out prompts (tiny-sd, ort-cpu)
+    goal_margin_db: float = 0.5
     # shortcut splitting: a Conv on a channel Concat (UNet up blocks) becomes one Conv per input plus
     # Adds, each input with its own scale, where the inputs' ranges differ by split_min_ratio or more
     split_concat_convs: bool = False

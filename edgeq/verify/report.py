@@ -267,8 +267,9 @@ def _precision_markdown(p: dict[str, Any]) -> list[str]:
     mp = p.get("mixed_precision")
     if mp:
         lines += [
-            f"- mixed precision: goal worst group >= {mp['goal_db']:g} dB (searched on calibration calls) "
-            f"{'met' if mp['met'] else '**not met**'}; cap {100 * mp['max_float_share']:.0f}% of MACs",
+            f"- mixed precision: goal worst group >= {mp['goal_db']:g} dB; searched to "
+            f"{mp.get('searched_to_db', mp['goal_db']):g} dB on calibration calls (simulated): "
+            f"{'reached' if mp['met'] else '**not reached**'}; cap {100 * mp['max_float_share']:.0f}% of MACs",
             "",
             "| node left float | worst-group gain dB | MACs % | worst group after dB |",
             "|---|---|---|---|",
