@@ -404,7 +404,7 @@ def unet_ranges(
     by_method = {m: choose_ranges(cal, groups, m) for m in CANDIDATES}
     gd = [g.to_dict() for g in groups]
     key = _key(
-        "ranges-1",
+        "ranges-2",
         ctx.export_manifest["cache_key"],
         asdict(cal.policy),
         gd,
@@ -802,7 +802,10 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, cap: Capture, log=pri
     }
     per_dir = root / "per-group" if len(groups) > 1 else None
     gains_dir = None
-    if per_dir is not None and ctx.profile.calibration.group_gains:
+    c = ctx.profile.calibration
+    if per_dir is not None and (
+        ctx.group_mode == "gains" or (ctx.group_mode == "auto" and c.group_gains and c.auto_gains)
+    ):
         gains_dir = root / "gains"
         if not (gains_dir / "done").is_file():
             write_gains_graph(
@@ -1078,9 +1081,11 @@ def _choose_mode(ctx: Context, unet: UnetVariants) -> str:
         return ctx.group_mode
     cal = ctx.profile.calibration
     worst = {k: min(r["sqnr_db"] for r in rows) for k, rows in unet.metrics.items()}
+    if not cal.auto_gains:
+        worst.pop("gains", None)
     if max(worst.values()) - worst["shared"] < cal.auto_min_gain_db:
         return "shared"  # grouping does not pay for itself
-    if "gains" in worst and worst["gains"] >= worst["per-group"] - cal.gains_tolerance_db:
+    if cal.auto_gains and "gains" in worst and worst["gains"] >= worst["per-group"] - cal.gains_tolerance_db:
         return "gains"  # one graph and one set of weights, within the tolerance of per-group graphs
     return "per-group"
 

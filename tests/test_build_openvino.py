@@ -25,6 +25,12 @@ def test_tiny_sd_openvino_passes_its_gates(ov_build):
     rep = json.loads((out / "report.json").read_text())
     assert rep["passed"] and rep["target"] == "openvino" and all(g["passed"] for g in rep["gates"])
     assert all(row["sqnr_db"] >= 20.0 for row in rep["unet_groups"]) and len(rep["unet_groups"]) == 4
+    # auto checks the group-gains graph beside the shared and per-group ones (OpenVINO keeps its int8 kernels)
+    assert set(rep["variants"]) == {"shared", "per-group", "gains"}
+    worst = {k: min(x["sqnr_db"] for x in rows) for k, rows in rep["variants"].items()}
+    assert worst["gains"] >= worst["per-group"] - 0.5
+    plan = json.loads((out / "quant_plan.json").read_text())["unet"]
+    assert len(plan["gains"]["table"]) == 4 and len(plan["gains"]["table"][0]) == 2 * len(plan["gains"]["tensors"])
 
 
 def test_ir_and_explicit_precision_in_manifest(ov_build):

@@ -39,12 +39,8 @@ def test_tiny_sd_build_passes_its_gates(tiny_build):
     assert e2e["psnr_db"] >= 20.0 and e2e["ssim"] >= 0.8
     for attr in ("colour", "shape"):
         assert e2e["adherence_fp32"][attr] - e2e["adherence"][attr] <= 5.0
-    assert set(rep["variants"]) == {"shared", "per-group", "gains"}
-    # group gains: one graph whose per-group scales come in through edgeq_gains, measured like the others
-    worst = {k: min(r["sqnr_db"] for r in rows) for k, rows in rep["variants"].items()}
-    assert worst["gains"] >= worst["shared"] - 0.5
-    plan = json.loads((root / "out" / "quant_plan.json").read_text())["unet"]
-    assert len(plan["gains"]["table"]) == 4 and len(plan["gains"]["table"][0]) == 2 * len(plan["gains"]["tensors"])
+    # no gains variant: auto may not deploy it on ONNX Runtime (its Convs would run float)
+    assert set(rep["variants"]) == {"shared", "per-group"}
 
 
 def test_build_folder_contents(tiny_build):

@@ -26,6 +26,7 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -75,7 +76,7 @@ def feeds(seed: int, t: float) -> dict[str, np.ndarray]:
     }
 
 
-def quantize(fp32: Path, target: str, n_calib: int, log) -> tuple[Path, dict]:
+def quantize(fp32: Path, target: str, n_calib: int, log, float_nodes: tuple[str, ...] = ()) -> tuple[Path, dict]:
     """edgeq's statistics, MSE ranges and Q/DQ placement for ``target``, on random inputs."""
     import onnx
 
@@ -85,13 +86,17 @@ def quantize(fp32: Path, target: str, n_calib: int, log) -> tuple[Path, dict]:
     from edgeq.quantize.policy import decide, tensors_to_calibrate
     from edgeq.quantize.profile import load_profile
 
-    dst = WORK / f"int8-{target}" / "model.onnx"
+    dst = WORK / (f"int8-{target}" + ("-float-" + _key(float_nodes) if float_nodes else "")) / "model.onnx"
     info_path = dst.parent / "info.json"
     if dst.is_file() and info_path.is_file():
         return dst, json.loads(info_path.read_text())
     policy = load_profile(target).policy("unet")
     graph = onnx.load(str(fp32), load_external_data=False).graph
     decisions = decide(graph, policy)
+    missing = set(float_nodes) - {d.node for d in decisions}
+    if missing:
+        raise SystemExit(f"--float: no such candidate node {sorted(missing)}")
+    decisions = [replace(d, quantized=False, reason="--float") if d.node in float_nodes else d for d in decisions]
     tensors = tensors_to_calibrate(graph, decisions)
     stats_path = WORK / f"stats-{target}-{n_calib}.npz"
     t0 = time.time()
@@ -136,6 +141,12 @@ def quantize(fp32: Path, target: str, n_calib: int, log) -> tuple[Path, dict]:
     tmp.rename(dst.parent)
     log(f"{target}: {info}")
     return dst, info
+
+
+def _key(nodes) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(sorted(nodes)).encode()).hexdigest()[:8]
 
 
 def with_gains(target: str, int8: Path, n_calib: int, groups: int = 4) -> Path:
@@ -189,6 +200,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--calib", type=int, default=8, help="random calibration calls (speed only)")
     ap.add_argument("--ort", action="store_true", help="also ONNX Runtime FP32 vs edgeq ort-cpu")
+    ap.add_argument("--float", nargs="*", default=[], help="also INT8 graphs with these UNet nodes left float")
     ap.add_argument("--gains", action="store_true", help="also the INT8 graphs with group gains (one graph, 4 groups)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -196,6 +208,7 @@ def main() -> None:
     prep = {"openvino": quantize(fp32, "openvino", args.calib, print)}
     if args.ort:
         prep["ort-cpu"] = quantize(fp32, "ort-cpu", args.calib, print)
+    mixed = {t: quantize(fp32, t, args.calib, print, tuple(args.float))[0] for t in prep} if args.float else {}
     x = feeds(123, 500.0)
     results: dict[str, dict] = {}
     gained = {t: with_gains(t, p[0], args.calib) for t, p in prep.items()} if args.gains else {}
@@ -212,6 +225,8 @@ def main() -> None:
         "ov_default": (fp32, {}),
         "edgeq_openvino": (prep["openvino"][0], {"INFERENCE_PRECISION_HINT": "f32"}),
     }
+    if mixed:
+        ov_variants["edgeq_openvino_float_nodes"] = (mixed["openvino"], {"INFERENCE_PRECISION_HINT": "f32"})
     if gained:
         ov_variants["edgeq_openvino_gains"] = (gained["openvino"], {"INFERENCE_PRECISION_HINT": "f32"})
     for name, (path, cfg) in ov_variants.items():
@@ -232,6 +247,7 @@ def main() -> None:
 
         ort_variants = [("ort_fp32", fp32), ("edgeq_ort_cpu", prep["ort-cpu"][0])]
         ort_variants += [("edgeq_ort_cpu_gains", gained["ort-cpu"])] if gained else []
+        ort_variants += [("edgeq_ort_cpu_float_nodes", mixed["ort-cpu"])] if mixed else []
         for name, path in ort_variants:
             t0 = time.time()
             runner = OrtRunner(path)
@@ -267,7 +283,7 @@ def main() -> None:
         "peak_rss_gb": round(peak_rss_gb(), 2),
     }
     dest = ROOT / "benchmarks"
-    stem = "sd15_unet_latency_gains" if args.gains else "sd15_unet_latency"
+    stem = "sd15_unet_latency_gains" if args.gains or args.float else "sd15_unet_latency"
     (dest / f"{stem}.md").write_text(md)
     (dest / f"{stem}.json").write_text(json.dumps(out, indent=2) + "\n")
 

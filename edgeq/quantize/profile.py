@@ -80,10 +80,13 @@ class CalibrationDefaults:
     group_mode: str = "auto"
     grouping: str = "profile"
     auto_min_gain_db: float = 0.5
-    # group gains (one graph, per-group scales as a runtime input): built and checked beside the
-    # per-group graphs; auto picks them when their worst group is within this of the per-group graphs'
+    # group gains (one graph, per-group scales as a runtime input): with group_mode auto, built and
+    # checked beside the per-group graphs and picked when their worst group is within
+    # gains_tolerance_db of the per-group graphs'; auto_gains = false where the gains' ops stop the
+    # runtime's int8 kernels (ONNX Runtime), so only --group-mode gains builds them there
     group_gains: bool = True
     gains_tolerance_db: float = 0.25
+    auto_gains: bool = True
 
 
 @dataclass(frozen=True)

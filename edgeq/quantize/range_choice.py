@@ -38,6 +38,8 @@ def tensor_classes(graph: onnx.GraphProto, tensors: list[str], decisions: list[D
         if p is not None and p.name in quantized:
             out[t] = f"{p.op_type} output"
             continue
+        if t not in readers:
+            continue  # no quantized op reads it in this graph (a split Conv's former Concat): nothing to choose
         while p is not None and p.op_type in _LAYOUT:
             p = prod.get(p.input[0])
         if p is None:
@@ -50,7 +52,7 @@ def tensor_classes(graph: onnx.GraphProto, tensors: list[str], decisions: list[D
             src = "attention (float MatMul)"
         else:
             src = p.op_type
-        reader = "/".join(sorted(readers.get(t, {"?"})))
+        reader = "/".join(sorted(readers[t]))
         out[t] = f"{reader} input from {src}"
     return out
 
