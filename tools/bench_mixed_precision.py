@@ -90,6 +90,40 @@ def unet_latency(out: Path, target: str, repeats: int) -> dict | None:
     return {"fp32_ms": round(1000 * f, 2), "int8_ms": round(1000 * q, 2), "speedup": round(f / q, 3)}
 
 
+def peer_latency(repeats: int) -> dict:
+    """The peers' UNet latency against FP32 on their runtime (their graphs cached by :func:`peers`)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench_peers import _nncf_tiny, _quantize_static_tiny
+
+    from edgeq.build import BuildOptions, capture_set, prepare
+    from edgeq.runtime.sessions import OrtRunner
+    from edgeq.targets import openvino as ov_target
+
+    ctx = prepare(BuildOptions("tiny-sd"))
+    cal = capture_set(ctx, "calibration")
+    fp32_path = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    x = next(iter(cal.unet_samples(1))).feeds
+    out = {}
+    for name, q, f in (
+        (
+            "ort_quantize_static",
+            lambda: OrtRunner(_quantize_static_tiny(fp32_path, cal, ctx.cache)[0]),
+            lambda: OrtRunner(fp32_path),
+        ),
+        (
+            "nncf_int8",
+            lambda: ov_target.OpenVinoRunner(
+                _nncf_tiny(fp32_path, cal, ctx.cache)[0], inference_precision="f32", cache=False
+            ),
+            lambda: ov_target.OpenVinoRunner(fp32_path, inference_precision="f32", cache=False),
+        ),
+    ):
+        f_s, q_s = timed(f().run, x, repeats), timed(q().run, x, repeats)
+        out[name] = {"fp32_ms": round(1000 * f_s, 2), "int8_ms": round(1000 * q_s, 2), "speedup": round(f_s / q_s, 3)}
+        print(name, out[name], flush=True)
+    return out
+
+
 def peers(num_heldout: int, repeats: int) -> dict:
     """ORT quantize_static defaults and NNCF's transformer preset on tiny-sd's calibration capture."""
     sys.path.insert(0, str(ROOT / "tools"))
@@ -171,6 +205,11 @@ def main() -> None:
     ap.add_argument("--goal", type=float, default=32.0)
     ap.add_argument("--num-heldout", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=30, help="timed UNet calls per row (after 3 warm-up)")
+    ap.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="re-measure only the latency column, on the builds of the last run (for a quiet machine)",
+    )
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "mixed-precision")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "mixed_precision_tiny-sd")
     a = ap.parse_args()
@@ -179,6 +218,20 @@ def main() -> None:
     from edgeq.fsutil import write_json
 
     a.work.mkdir(parents=True, exist_ok=True)
+    if a.latency_only:
+        res = json.loads(a.out.with_suffix(".json").read_text())
+        for target, variants in res["targets"].items():
+            for name, r in variants.items():
+                r["latency"] = unet_latency(a.work / f"tiny-sd-{target}{name}", target, a.repeats)
+                print(target, name, r["latency"], flush=True)
+        for name, lat in peer_latency(a.repeats).items():
+            res["peers"][name]["latency"] = lat
+        res["repeats"] = a.repeats
+        res["latency_remeasured"] = True
+        write_json(a.out.with_suffix(".json"), res)
+        a.out.with_suffix(".md").write_text(markdown(res))
+        print(markdown(res))
+        return
     res: dict = {"goal_db": a.goal, "num_heldout": a.num_heldout, "repeats": a.repeats, "targets": {}}
     res["peers"] = peers(a.num_heldout, a.repeats)
     for target in a.targets:

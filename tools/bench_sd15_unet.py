@@ -161,7 +161,7 @@ def with_gains(target: str, int8: Path, n_calib: int, groups: int = 4) -> Path:
     from edgeq.quantize.insert import read_activation_qparams
     from edgeq.quantize.profile import load_profile
 
-    dst = WORK / f"int8-{target}-gains" / "model.onnx"
+    dst = WORK / f"{int8.parent.name}-gains" / "model.onnx"
     if dst.is_file():
         return dst
     policy = load_profile(target).policy("unet")
@@ -200,6 +200,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--calib", type=int, default=8, help="random calibration calls (speed only)")
     ap.add_argument("--ort", action="store_true", help="also ONNX Runtime FP32 vs edgeq ort-cpu")
+    ap.add_argument("--only", nargs="*", default=[], help="OpenVINO variants to time (besides ov_f32); --ort off")
     ap.add_argument("--float", nargs="*", default=[], help="also INT8 graphs with these UNet nodes left float")
     ap.add_argument("--gains", action="store_true", help="also the INT8 graphs with group gains (one graph, 4 groups)")
     args = ap.parse_args()
@@ -212,9 +213,10 @@ def main() -> None:
     x = feeds(123, 500.0)
     results: dict[str, dict] = {}
     gained = {t: with_gains(t, p[0], args.calib) for t, p in prep.items()} if args.gains else {}
+    gained_mixed = {t: with_gains(t, p, args.calib) for t, p in mixed.items()} if args.gains else {}
 
-    def gain_feed(target: str) -> dict[str, np.ndarray]:
-        table = json.loads((gained[target].parent / "gains.json").read_text())["table"]
+    def gain_feed(path: Path) -> dict[str, np.ndarray]:
+        table = json.loads((path.parent / "gains.json").read_text())["table"]
         return {**x, "edgeq_gains": np.asarray(table[1], np.float32)}
 
     import openvino as ov
@@ -229,11 +231,18 @@ def main() -> None:
         ov_variants["edgeq_openvino_float_nodes"] = (mixed["openvino"], {"INFERENCE_PRECISION_HINT": "f32"})
     if gained:
         ov_variants["edgeq_openvino_gains"] = (gained["openvino"], {"INFERENCE_PRECISION_HINT": "f32"})
+    if gained_mixed:
+        ov_variants["edgeq_openvino_float_nodes_gains"] = (
+            gained_mixed["openvino"],
+            {"INFERENCE_PRECISION_HINT": "f32"},
+        )
+    if args.only:
+        ov_variants = {k: v for k, v in ov_variants.items() if k == "ov_f32" or k in args.only}
     for name, (path, cfg) in ov_variants.items():
         t0 = time.time()
         compiled = core.compile_model(core.read_model(str(path)), "CPU", {"PERFORMANCE_HINT": "LATENCY", **cfg})
         load_s = time.time() - t0
-        xf = gain_feed("openvino") if name.endswith("_gains") else x
+        xf = gain_feed(path) if name.endswith("_gains") else x
         r = timed(lambda f, c=compiled: c(f), xf, args.repeats, args.warmup)
         r.update(
             precision_hint=compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), load_s=round(load_s, 1)
@@ -242,7 +251,7 @@ def main() -> None:
         print(name, r, flush=True)
         del compiled
         gc.collect()
-    if args.ort:
+    if args.ort and not args.only:
         from edgeq.runtime.sessions import OrtRunner
 
         ort_variants = [("ort_fp32", fp32), ("edgeq_ort_cpu", prep["ort-cpu"][0])]
@@ -252,7 +261,7 @@ def main() -> None:
             t0 = time.time()
             runner = OrtRunner(path)
             load_s = time.time() - t0
-            r = timed(runner.run, gain_feed("ort-cpu") if name.endswith("_gains") else x, args.repeats, args.warmup)
+            r = timed(runner.run, gain_feed(path) if name.endswith("_gains") else x, args.repeats, args.warmup)
             r.update(load_s=round(load_s, 1))
             results[name] = r
             print(name, r, flush=True)
