@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
 
 STEPS = ["base", "+split", "+smooth", "+ranges", "+gains", "+mixed"]
 
@@ -57,16 +58,10 @@ def profile_with(target: str, step: str, goal: float, dst: Path) -> tuple[Path, 
 
 
 def timed(run, feeds: dict, repeats: int, warmup: int = 3) -> float:
-    import numpy as np
+    """Median seconds of ``repeats`` calls after ``warmup`` (bench_sd15_unet's timer)."""
+    from bench_sd15_unet import timed as timed_calls
 
-    for _ in range(warmup):
-        run(feeds)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(feeds)
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    return timed_calls(run, feeds, repeats, warmup)["median_s"]
 
 
 def unet_latency(out: Path, target: str, repeats: int) -> dict | None:
@@ -92,7 +87,6 @@ def unet_latency(out: Path, target: str, repeats: int) -> dict | None:
 
 def peer_latency(repeats: int) -> dict:
     """The peers' UNet latency against FP32 on their runtime (their graphs cached by :func:`peers`)."""
-    sys.path.insert(0, str(ROOT / "tools"))
     from bench_peers import _nncf_tiny, _quantize_static_tiny
 
     from edgeq.build import BuildOptions, capture_set, prepare
@@ -126,7 +120,6 @@ def peer_latency(repeats: int) -> dict:
 
 def peers(num_heldout: int, repeats: int) -> dict:
     """ORT quantize_static defaults and NNCF's transformer preset on tiny-sd's calibration capture."""
-    sys.path.insert(0, str(ROOT / "tools"))
     from bench_peers import _nncf_tiny, _quantize_static_tiny
     from compare_calibration import images, unet_quality
 
