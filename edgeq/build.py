@@ -387,12 +387,25 @@ def _base_method(method: str) -> str:
 
 
 def unet_ranges(
-    ctx: Context, cal: ComponentCalibration, groups: list[Group], cap: Capture, fp32: Path, method: str, log=print
+    ctx: Context,
+    cal: ComponentCalibration,
+    groups: list[Group],
+    cap: Capture,
+    fp32: Path,
+    method: str,
+    log=print,
+    known: tuple[list[dict], dict] | None = None,
 ) -> tuple[list[dict], dict, dict | None]:
-    """Per-group and shared ranges of every UNet tensor: by ``method``, or for ``auto`` by the method
-    each tensor class measured best with (:mod:`edgeq.quantize.range_choice`, cached per inputs)."""
+    """Per-group and shared ranges of every UNet tensor: by ``method`` (``known``: ranges already
+    chosen by it, for the tensors they cover), or for ``auto`` by the method each tensor class
+    measured best with (:mod:`edgeq.quantize.range_choice`, cached per inputs)."""
     if method != "auto":
-        per_group, shared = choose_ranges(cal, groups, method)
+        per_group, shared = known if known is not None else ([{} for _ in groups], {})
+        missing = [t for t in cal.tensors if t not in shared]  # e.g. the split Convs' own outputs
+        if missing:
+            extra_g, extra = choose_ranges(cal, groups, method, missing)
+            shared = shared | extra
+            per_group = [r | e for r, e in zip(per_group, extra_g)]
         return per_group, shared, None
     import numpy as np
     import onnx
@@ -631,12 +644,12 @@ def sensitivity_analysis(
     out = out or Path("build") / f"{ctx.spec.name.strip('./').replace('/', '_')}-{ctx.profile.name}-sensitivity"
     method = ctx.opts.range_method or cal.policy.range_method
     groups = make_groups(ctx, cal.stats)
-    _, shared = choose_ranges(cal, groups, _base_method(method))
+    known = choose_ranges(cal, groups, _base_method(method))
     held = capture_set(ctx, "heldout")
     gd = [g.to_dict() for g in groups]
     samples = unet_eval_samples(ctx, held, gd, max(calls, len(held.timesteps)))
-    fp32, splits = unet_source(ctx, cal, shared, cal_cap)
-    per_group, shared, _ = unet_ranges(ctx, cal, groups, cal_cap, fp32, method, log)
+    fp32, splits = unet_source(ctx, cal, known[1], cal_cap)
+    per_group, shared, _ = unet_ranges(ctx, cal, groups, cal_cap, fp32, method, log, known)
     ranges = per_group if ctx.group_mode == "per-group" else [shared] * len(groups)
     macs, act_act = unet_macs(cal, cal_cap, fp32)
     t0 = time.time()
@@ -722,9 +735,9 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, cap: Capture, log=pri
 
     method = ctx.opts.range_method or cal.policy.range_method
     groups = make_groups(ctx, cal.stats)
-    _, shared = choose_ranges(cal, groups, _base_method(method))
-    fp32, splits = unet_source(ctx, cal, shared, cap)
-    per_group, shared, range_choice = unet_ranges(ctx, cal, groups, cap, fp32, method, log)
+    known = choose_ranges(cal, groups, _base_method(method))
+    fp32, splits = unet_source(ctx, cal, known[1], cap)
+    per_group, shared, range_choice = unet_ranges(ctx, cal, groups, cap, fp32, method, log, known)
     mixed = None
     if ctx.goal_sqnr_db is not None:
         cal.decisions, mixed = mixed_precision(ctx, cal, groups, shared, cap, fp32, log)
