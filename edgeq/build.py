@@ -22,11 +22,12 @@ from typing import Any
 from edgeq.calibrate.capture import Capture, CaptureSettings, capture, read_prompts
 from edgeq.calibrate.collect import Stats, collect
 from edgeq.calibrate.grouping import Group, by_profile, uniform
-from edgeq.calibrate.histogram import METHODS, select_range, select_shared_range
+from edgeq.calibrate.histogram import RANGE_CHOICES, select_range, select_shared_range
 from edgeq.errors import EdgeqError
 from edgeq.fsutil import ensure_writable_dir, staged_dir, write_json
 from edgeq.manifest import artifact_table, library_versions, read_manifest, write_manifest
 from edgeq.models.weights import WeightSource, resolve
+from edgeq.quantize.gains import GAINS_FILE
 from edgeq.quantize.insert import QDQ_VERSION
 from edgeq.quantize.policy import Decision, decide, summary, tensors_to_calibrate
 from edgeq.quantize.profile import ComponentPolicy, Profile, load_profile
@@ -134,8 +135,8 @@ def prepare(opts: BuildOptions, log=print) -> Context:
         raise EdgeqError(f"--grouping {grouping!r} is not one of {', '.join(GROUPINGS)}")
     if opts.calib_calls is not None and opts.calib_calls < 1:
         raise EdgeqError(f"--calib-calls must be at least 1, got {opts.calib_calls}")
-    if opts.range_method and opts.range_method not in (*METHODS, "auto"):
-        raise EdgeqError(f"--range-method {opts.range_method!r} is not one of {', '.join(METHODS)}, auto")
+    if opts.range_method and opts.range_method not in RANGE_CHOICES:
+        raise EdgeqError(f"--range-method {opts.range_method!r} is not one of {', '.join(RANGE_CHOICES)}")
     source = resolve(opts.model, opts.weights, opts.config_dir)
     if opts.out is not None:
         ensure_writable_dir(opts.out)
@@ -462,10 +463,6 @@ class UnetVariants:
     metrics: dict[str, list[dict]] = field(default_factory=dict)
     gains_dir: Path | None = None  # one graph, per-group scales through edgeq_gains (edgeq.quantize.gains)
 
-    def gains(self) -> dict[str, Any]:
-        assert self.gains_dir is not None
-        return json.loads((self.gains_dir / "gains.json").read_text())
-
 
 def unet_source(ctx: Context, cal: ComponentCalibration, shared: dict, cap: Capture) -> tuple[Path, list]:
     """The UNet graph to quantize: the FP32 export, or its shortcut-split copy (cached) where the
@@ -525,18 +522,25 @@ def unet_eval_samples(ctx: Context, cap: Capture, groups: list[Group], limit: in
     return out
 
 
-def unet_macs(cal: ComponentCalibration, cap: Capture, fp32: Path) -> tuple[dict[str, int], set[str]]:
-    """MACs of every candidate node of ``fp32`` for one captured call, and the activation-by-activation MatMuls."""
+def unet_macs(ctx: Context, cal: ComponentCalibration, cap: Capture, fp32: Path) -> tuple[dict[str, int], set[str]]:
+    """MACs of every candidate node of ``fp32`` for one captured call, and the activation-by-activation
+    MatMuls. Cached: counting runs the FP32 UNet with every node's output (10.9 GB at SD1.5 size), and
+    the mixed-precision search, the quant plan and ``edgeq sensitivity`` all ask."""
     import onnx
 
     from edgeq.quantize.policy import _constant_names
     from edgeq.quantize.sensitivity import count_macs
 
-    g = onnx.load(str(fp32), load_external_data=False).graph
-    const = _constant_names(g)
-    act_act = {n.name for n in g.node if n.op_type == "MatMul" and n.input[1] not in const}
-    feeds = next(iter(cap.unet_samples(len(cap.timesteps)))).feeds
-    return count_macs(fp32, feeds, [d.node for d in cal.decisions]), act_act
+    nodes = [d.node for d in cal.decisions]
+    path = ctx.cache / f"macs-unet-{_key('macs-1', str(fp32), nodes, str(cap.folder))}.json"
+    if not path.is_file():
+        g = onnx.load(str(fp32), load_external_data=False).graph
+        const = _constant_names(g)
+        act_act = sorted(n.name for n in g.node if n.op_type == "MatMul" and n.input[1] not in const)
+        feeds = next(iter(cap.unet_samples(len(cap.timesteps)))).feeds
+        write_json(path, {"macs": count_macs(fp32, feeds, nodes), "activation_matmuls": act_act})
+    res = json.loads(path.read_text())
+    return res["macs"], set(res["activation_matmuls"])
 
 
 def float_shares(decisions: list[Decision], macs: dict[str, int], act_act: set[str]) -> dict[str, Any]:
@@ -583,7 +587,7 @@ def mixed_precision(
         res = json.loads(path.read_text())
         log(f"reusing the mixed-precision search {path.name}")
     else:
-        macs, act_act = unet_macs(cal, cap, fp32)
+        macs, act_act = unet_macs(ctx, cal, cap, fp32)
         base = float_shares(cal.decisions, macs, act_act)
         weight_total = max(base["weight_layer_macs"], 1)
         share = {n: (0.0 if n in act_act else v / weight_total) for n, v in macs.items()}
@@ -651,7 +655,7 @@ def sensitivity_analysis(
     fp32, splits = unet_source(ctx, cal, known[1], cal_cap)
     per_group, shared, _ = unet_ranges(ctx, cal, groups, cal_cap, fp32, method, log, known)
     ranges = per_group if ctx.group_mode == "per-group" else [shared] * len(groups)
-    macs, act_act = unet_macs(cal, cal_cap, fp32)
+    macs, act_act = unet_macs(ctx, cal, cal_cap, fp32)
     t0 = time.time()
     sw = switchable_model(fp32, cal.decisions, cal.policy)
     ev = Evaluator(sw, samples, ranges, cal.policy.activation_symmetric, ctx.cache)
@@ -803,7 +807,7 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, cap: Capture, log=pri
             for t in cal.tensors
         },
         "weights": weight_summary(shared_model),
-        "float_macs": float_shares(cal.decisions, *unet_macs(cal, cap, fp32)),
+        "float_macs": float_shares(cal.decisions, *unet_macs(ctx, cal, cap, fp32)),
         "mixed_precision": mixed,
         "splits": [x.to_dict() for x in splits],
         "smoothquant": cal.smoothing,
@@ -824,7 +828,7 @@ def quantize_unet(ctx: Context, cal: ComponentCalibration, cap: Capture, log=pri
             write_gains_graph(
                 shared_model, cal.tensors, per_group, cal.policy, [g.to_dict() for g in groups], gains_dir
             )
-        plan["gains"] = {"graph": "gains/model.onnx", **json.loads((gains_dir / "gains.json").read_text())}
+        plan["gains"] = {"graph": "gains/model.onnx", **json.loads((gains_dir / GAINS_FILE).read_text())}
     return UnetVariants(groups, root / "shared", per_dir, plan, gains_dir=gains_dir)
 
 
@@ -833,7 +837,7 @@ def write_gains_graph(
 ) -> None:
     """The shared Q/DQ graph with group gains, and its ``gains.json`` (cached beside the other variants)."""
     from edgeq.fsutil import save_onnx
-    from edgeq.quantize.gains import GAINS_FILE, add_gains, gain_table
+    from edgeq.quantize.gains import add_gains, gain_table
     from edgeq.quantize.insert import read_activation_qparams
 
     fixed = read_activation_qparams(shared_model, tensors)
@@ -944,7 +948,9 @@ def build(opts: BuildOptions, until: str | None = None, log=print):
         if unet.gains_dir is not None:
             from edgeq.runtime.sessions import GainsRunner
 
-            runner = GainsRunner(target.unet_runner(ctx, [(unet.gains_dir / "model.onnx", groups[0])]), unet.gains())
+            runner = GainsRunner(
+                target.unet_runner(ctx, [(unet.gains_dir / "model.onnx", groups[0])]), unet.plan["gains"]
+            )
             unet.metrics["gains"] = unet_groups(fp32_unet, runner, held_cap, groups, "check unet (gains)")
         del fp32_unet, runner  # a full-size UNet session holds gigabytes; the packaging and checks follow
         gc.collect()
@@ -1093,12 +1099,10 @@ def _choose_mode(ctx: Context, unet: UnetVariants) -> str:
     if ctx.group_mode != "auto":
         return ctx.group_mode
     cal = ctx.profile.calibration
-    worst = {k: min(r["sqnr_db"] for r in rows) for k, rows in unet.metrics.items()}
-    if not cal.auto_gains:
-        worst.pop("gains", None)
+    worst = {k: min(r["sqnr_db"] for r in rows) for k, rows in unet.metrics.items()}  # gains: built if allowed
     if max(worst.values()) - worst["shared"] < cal.auto_min_gain_db:
         return "shared"  # grouping does not pay for itself
-    if cal.auto_gains and "gains" in worst and worst["gains"] >= worst["per-group"] - cal.gains_tolerance_db:
+    if "gains" in worst and worst["gains"] >= worst["per-group"] - cal.gains_tolerance_db:
         return "gains"  # one graph and one set of weights, within the tolerance of per-group graphs
     return "per-group"
 

@@ -96,6 +96,8 @@ def test_gains_graph_quantizes_like_the_per_group_graphs(tiny_exports, target):
     same per-group graph at two ORT optimisation levels differs as much), so end to end the test
     compares quality against FP32.
     """
+    import onnxruntime as ort
+
     from edgeq.quantize.gains import _limits
 
     path, policy, decisions, tensors, feeds, per_group, base, fixed = _setup(tiny_exports, target)
@@ -115,8 +117,6 @@ def test_gains_graph_quantizes_like_the_per_group_graphs(tiny_exports, target):
         row = gains.row(g)
         ref_model = quantize_graph(path, decisions, policy, refs[g])
         ref_q = read_activation_qparams(ref_model, tensors)
-        import onnxruntime as ort
-
         s = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         outs = s.run(None, {**f, GAINS_INPUT: row})[1:]
         for k, t in enumerate(gains.tensors):

@@ -102,6 +102,7 @@ def merge_all(hists: list[Hist]) -> Hist:
 
 # -- range selection --------------------------------------------------------------------------
 METHODS = ("minmax", "percentile", "mse", "entropy")
+RANGE_CHOICES = (*METHODS, "auto")  # auto: a method per tensor class, measured (edgeq.quantize.range_choice)
 
 
 def _qparams(rmin: float, rmax: float, symmetric: bool, bits: int = 8) -> tuple[float, float, int, int]:

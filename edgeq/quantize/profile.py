@@ -154,10 +154,10 @@ def _component(name: str, d: dict[str, Any], path: Path) -> ComponentPolicy:
     for t in (pol.activation_type, pol.weight_type):
         if t not in TYPES:
             raise EdgeqError(f"{path}: [{name}] type {t!r} is not one of {', '.join(TYPES)}")
-    from edgeq.calibrate.histogram import METHODS
+    from edgeq.calibrate.histogram import RANGE_CHOICES
 
-    if pol.range_method not in (*METHODS, "auto"):
-        raise EdgeqError(f"{path}: [{name}] range_method {pol.range_method!r} is not one of {', '.join(METHODS)}, auto")
+    if pol.range_method not in RANGE_CHOICES:
+        raise EdgeqError(f"{path}: [{name}] range_method {pol.range_method!r} is not one of {', '.join(RANGE_CHOICES)}")
     if not all(0.0 < a < 1.0 for a in pol.smoothquant_alphas):
         raise EdgeqError(f"{path}: [{name}] smoothquant_alphas must lie strictly between 0 and 1")
     if not 0.0 <= pol.max_float_mac_share <= 1.0:

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edgeq.quantize.gains import GAINS_FILE
 from edgeq.targets.common import copy_component, copy_pipeline_files
 
 
@@ -53,7 +54,7 @@ def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[li
                     shutil.copy2(p, dst / p.name)
                     files.append(dst / p.name)
             base["path"] = "unet/model.onnx"
-            base["gains"] = "unet/gains.json"
+            base["gains"] = f"unet/{GAINS_FILE}"
             base["precision"] = "int8 (W8A8 Q/DQ), per-group activation scales through the edgeq_gains input"
         else:
             src = unet.shared_dir if name == "unet" else vae_dir
