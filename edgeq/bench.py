@@ -57,9 +57,9 @@ def feeds_for(manifest: dict[str, Any], info: dict[str, Any], seed: int = 0) -> 
 def _runner(build: Path, manifest: dict[str, Any], component: str, variant: str):
     """The component's runner in the build, or its FP32 source graph on the same runtime."""
     from edgeq.runtime.pipeline import default_runner
-    from edgeq.targets import get_target
+    from edgeq.targets import for_manifest
 
-    target = get_target(manifest["target"])
+    target = for_manifest(manifest)
     if variant == "build":
         info = manifest["components"][component]
         factories = {"onnxruntime": default_runner, **target.runners()}
@@ -68,8 +68,7 @@ def _runner(build: Path, manifest: dict[str, Any], component: str, variant: str)
     if not src.is_dir():
         raise EdgeqError(f"the FP32 source of {build} ({src}) is gone", "rebuild, which re-exports it into the cache")
     info = read_manifest(src)["components"][component]
-    float_runner = getattr(target, "float_runner", None)
-    return (float_runner(src / info["path"], manifest) if float_runner else default_runner(src, info)), info
+    return (target.float_runner(src / info["path"], manifest) or default_runner(src, info)), info
 
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
@@ -81,10 +80,10 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     if args["component"] == "pipeline":
         from edgeq.runtime.pipeline import GenerateOptions, Pipeline
-        from edgeq.targets import get_target
+        from edgeq.targets import for_manifest
 
         if args["variant"] == "build":
-            pipe = Pipeline(build, runners=get_target(manifest["target"]).runners())
+            pipe = Pipeline(build, runners=for_manifest(manifest).runners())
         else:
             pipe = Pipeline(Path(manifest["source_export"]["folder"]))
         load_s = time.perf_counter() - t0

@@ -35,6 +35,37 @@ def tiny_sd_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny-sd-cache")
 
 
+SMALL = ("--num-calib", "4", "--num-heldout", "4")  # the gates' mechanics, not the full measurement
+# The one tiny-sd build per shipped target that the suite shares; each target's tests read it.
+TARGET_BUILDS: dict[str, tuple[str, ...]] = {
+    "ort-cpu": (),
+    "openvino": (),
+    "ort-mobile": ("--group-mode", "per-group", *SMALL),  # per-group: where .ort costs disk (weights per group)
+    "ort-mobile-qnn": ("--groups", "1", *SMALL),
+    "tensorrt": ("--num-heldout", "16"),
+}
+
+
+@pytest.fixture(scope="session")
+def target_build(tmp_path_factory, tiny_sd_cache):
+    """``target_build(name)`` -> (build folder, CLI result) of that target's shared tiny-sd build, built once."""
+    done: dict[str, tuple[Path, object]] = {}
+
+    def get(target: str):
+        if target not in done:
+            out = tmp_path_factory.mktemp(f"build-{target}") / "out"
+            args = TARGET_BUILDS[target]
+            done[target] = (
+                out,
+                cli(
+                    "build", "tiny-sd", "--target", target, *args, "--out", str(out), "--cache-dir", str(tiny_sd_cache)
+                ),
+            )
+        return done[target]
+
+    return get
+
+
 def run_without_torch(build: Path, png: Path, prompt: str, also_loaded: tuple[str, ...] = ()):
     """`edgeq run` in a fresh interpreter; fails (exit 3) if torch got imported or a runtime did not."""
     import subprocess

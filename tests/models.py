@@ -10,7 +10,23 @@ from pathlib import Path
 WORDS = "a an the red blue green cat dog photo of on in at small large background house".split()
 
 
-def build_pipeline(family: str, out: Path, seed: int = 0) -> Path:
+def build_pipeline(
+    family: str,
+    out: Path,
+    seed: int = 0,
+    max_position_embeddings: int = 77,
+    model_max_length: int | None = 77,
+    model_max_length_2: int | None = -1,
+    name: str | None = None,
+) -> Path:
+    """Save a tiny random pipeline of ``family`` to ``out/(name or family)``.
+
+    ``max_position_embeddings``: the text encoder(s)' positions; ``model_max_length``: the
+    tokenizer's length (``None``: no length, transformers' "no limit" sentinel); for SDXL
+    ``model_max_length_2`` is ``tokenizer_2``'s (-1: the same as the first tokenizer's).
+    """
+    import copy
+
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -27,6 +43,13 @@ def build_pipeline(family: str, out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     vocab = write_tokenizer(out / "_tok", WORDS)
     tokenizer = CLIPTokenizer.from_pretrained(out / "_tok")
+    no_limit = int(1e30)  # what transformers gives a tokenizer whose config has no model_max_length
+    if model_max_length != 77:
+        tokenizer.model_max_length = no_limit if model_max_length is None else model_max_length
+    tokenizer_2 = tokenizer
+    if model_max_length_2 != -1 and model_max_length_2 != model_max_length:
+        tokenizer_2 = copy.deepcopy(tokenizer)
+        tokenizer_2.model_max_length = no_limit if model_max_length_2 is None else model_max_length_2
 
     def text_config(hidden: int, proj: int | None = None) -> CLIPTextConfig:
         return CLIPTextConfig(
@@ -35,7 +58,7 @@ def build_pipeline(family: str, out: Path, seed: int = 0) -> Path:
             intermediate_size=2 * hidden,
             num_hidden_layers=2,
             num_attention_heads=2,
-            max_position_embeddings=77,
+            max_position_embeddings=max_position_embeddings,
             bos_token_id=vocab - 2,
             eos_token_id=vocab - 1,
             pad_token_id=vocab - 1,
@@ -121,11 +144,11 @@ def build_pipeline(family: str, out: Path, seed: int = 0) -> Path:
             text_encoder=te,
             text_encoder_2=te2,
             tokenizer=tokenizer,
-            tokenizer_2=tokenizer,
+            tokenizer_2=tokenizer_2,
             unet=unet,
             scheduler=sched,
         )
     else:
         raise ValueError(family)
-    pipe.save_pretrained(out / family, safe_serialization=True)
-    return out / family
+    pipe.save_pretrained(out / (name or family), safe_serialization=True)
+    return out / (name or family)

@@ -13,10 +13,8 @@ ov = pytest.importorskip("openvino", reason="OpenVINO is not installed: pip inst
 
 
 @pytest.fixture(scope="module")
-def ov_build(tmp_path_factory, tiny_sd_cache):
-    out = tmp_path_factory.mktemp("ovbuild") / "out"
-    r = cli("build", "tiny-sd", "--target", "openvino", "--out", str(out), "--cache-dir", str(tiny_sd_cache))
-    return out, r
+def ov_build(target_build):
+    return target_build("openvino")
 
 
 def test_tiny_sd_openvino_passes_its_gates(ov_build):

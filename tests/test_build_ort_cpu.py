@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_build(tmp_path_factory, tiny_sd_cache):
-    root = tmp_path_factory.mktemp("tinybuild")
-    (root / "cache").symlink_to(tiny_sd_cache, target_is_directory=True)
-    r = cli("build", "tiny-sd", "--target", "ort-cpu", "--out", str(root / "out"), "--cache-dir", str(root / "cache"))
+def tiny_build(target_build, tiny_sd_cache):
+    out, r = target_build("ort-cpu")
+    root = out.parent
+    if not (root / "cache").exists():
+        (root / "cache").symlink_to(tiny_sd_cache, target_is_directory=True)
     return root, r
 
 
@@ -109,9 +110,7 @@ def test_same_inputs_give_same_scales(tiny_build, tmp_path):
 def test_failed_gate_exits_nonzero_and_keeps_artifacts(tiny_build, tmp_path):
     root, _ = tiny_build
     strict = tmp_path / "strict.toml"
-    strict.write_text(
-        (ROOT / "targets" / "ort-cpu.toml").read_text().replace("unet_sqnr_db = 20.0", "unet_sqnr_db = 99.0")
-    )
+    strict.write_text('extends = "ort-cpu"\n[gates]\nunet_sqnr_db = 99.0\n')
     out = tmp_path / "out"
     r = cli(
         "build",
@@ -195,10 +194,9 @@ def test_interrupted_capture_resumes_and_corrupt_shard_is_named(tiny_exports, tm
 def test_float_vae_profile_and_custom_profile_path(tiny_models, tmp_path):
     """A profile file given by path, keeping the VAE decoder in FP32: packaged as exported."""
     prof = tmp_path / "ort-cpu-fp32-vae.toml"
-    text = (ROOT / "targets" / "ort-cpu.toml").read_text()
-    start = text.index("[vae_decoder]")
-    end = text.index("[text_encoder]")
-    prof.write_text(text[:start] + '[vae_decoder]\nmode = "float"\nreason = "kept FP32 for this test"\n\n' + text[end:])
+    prof.write_text(
+        'extends = "ort-cpu"\n[vae_decoder]\nmode = "float"\nreason = "kept FP32 for this test"\nexclude = []\n'
+    )
     out = tmp_path / "out"
     r = cli(
         "build",

@@ -8,33 +8,18 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import cli, run_without_torch
+from conftest import run_without_torch
 from onnx import TensorProto, helper
 
 from edgeq.errors import EdgeqError
 from edgeq.targets import ort_mobile
 
 EPS = {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
-SMALL = ("--num-calib", "4", "--num-heldout", "4")  # the gates' mechanics, not the full measurement
 
 
 @pytest.fixture(scope="module")
-def mobile_build(tmp_path_factory, tiny_sd_cache):
-    out = tmp_path_factory.mktemp("mobile") / "out"
-    r = cli(
-        "build",
-        "tiny-sd",
-        "--target",
-        "ort-mobile",
-        "--group-mode",
-        "per-group",  # the case where .ort costs disk: one file with its own weights per group
-        *SMALL,
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(tiny_sd_cache),
-    )
-    return out, r
+def mobile_build(target_build):
+    return target_build("ort-mobile")
 
 
 def test_tiny_sd_ort_mobile_passes_its_gates(mobile_build):
@@ -94,13 +79,9 @@ def test_edgeq_run_on_ort_build(mobile_build, tmp_path):
     assert png.stat().st_size > 0
 
 
-def test_qnn_profile_w8a16(mobile_build, tmp_path, tiny_sd_cache):
+def test_qnn_profile_w8a16(target_build):
     """W8A16 for the QNN EP: uint16 activations (ORT's com.microsoft Q/DQ), checked on the .ort files."""
-    out = tmp_path / "qnn"
-    r = cli(
-        "build", "tiny-sd", "--target", "ort-mobile-qnn", "--groups", "1", *SMALL,
-        "--out", str(out), "--cache-dir", str(tiny_sd_cache),
-    )  # fmt: skip
+    out, r = target_build("ort-mobile-qnn")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())
     unet = m["components"]["unet"]
@@ -156,16 +137,17 @@ def test_missing_onnxruntime_names_the_install_command(monkeypatch):
 
 
 def test_bad_conversion_option_is_named(tmp_path):
-    from edgeq.quantize.profile import load_profile
+    from edgeq.profiles import load_profile
 
     text = (Path(__file__).resolve().parents[1] / "targets" / "ort-mobile.toml").read_text()
     prof = tmp_path / "ort-mobile.toml"
     prof.write_text(text.replace('optimization_level = "extended"', 'optimization_level = "fast"'))
-    with pytest.raises(EdgeqError, match="optimization_level 'fast' is not one of basic, extended, all"):
-        ort_mobile.mobile_options(load_profile(str(prof)))
+    with pytest.raises(EdgeqError, match=r'\[onnxruntime\] optimization_level = "fast"') as e:
+        load_profile(str(prof))
+    assert "one of basic, extended, all" in str(e.value.hint)
     prof.write_text(text.replace("[onnxruntime]", "[onnxruntime]\nthreads = 4"))
-    with pytest.raises(EdgeqError, match="unknown keys: threads"):
-        ort_mobile.mobile_options(load_profile(str(prof)))
+    with pytest.raises(EdgeqError, match=r"\[onnxruntime\] threads: unknown key"):
+        load_profile(str(prof))
 
 
 def test_usability_log_parsed_per_ep():

@@ -11,23 +11,24 @@ import pytest
 from conftest import cli, run_without_torch
 from onnx import TensorProto, numpy_helper
 
-from edgeq.targets import tensorrt as trt_target
+from edgeq.targets.base import ENGINES_NOT_BUILT
+from edgeq.targets.tensorrt.engines import unavailable_reason
+from edgeq.targets.tensorrt.options import TrtOptions
+from edgeq.targets.tensorrt.packaging import shape_profiles
+from edgeq.targets.tensorrt.runner import TrtRunner
 
-CAN_BUILD_ENGINES = trt_target.unavailable_reason() is None
-SMALL = ("--num-heldout", "16")
+CAN_BUILD_ENGINES = unavailable_reason() is None
 
 
 @pytest.fixture(scope="module")
-def trt_build(tmp_path_factory, tiny_sd_cache):
-    out = tmp_path_factory.mktemp("trtbuild") / "out"
-    r = cli("build", "tiny-sd", "--target", "tensorrt", "--out", str(out), "--cache-dir", str(tiny_sd_cache), *SMALL)
-    return out, r
+def trt_build(target_build):
+    return target_build("tensorrt")
 
 
 @pytest.mark.skipif(CAN_BUILD_ENGINES, reason="this machine can build TensorRT engines (see test_tensorrt_gpu.py)")
 def test_without_gpu_the_build_exits_4_and_says_how_to_finish(trt_build):
     out, r = trt_build
-    assert r.returncode == trt_target.ENGINES_NOT_BUILT == 4, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.returncode == ENGINES_NOT_BUILT == 4, r.stdout[-2000:] + r.stderr[-2000:]
     assert "engines not built" in r.stderr and f"edgeq engines {out}" in r.stderr and "--onnx-only" in r.stderr
     for f in ("unet/model.onnx", "unet/model.onnx_data", "trtexec.sh", "trt_rules.txt", "quant_plan.json"):
         assert (out / f).is_file(), f
@@ -145,7 +146,7 @@ def test_shape_profiles_for_sd15_sizes():
             "vae_decoder": {"inputs": [{"name": "latent_sample", "shape": ["image_batch", 4, "height", "width"]}]},
         },
     }
-    p = trt_target.shape_profiles(manifest, trt_target.TrtOptions())
+    p = shape_profiles(manifest, TrtOptions())
     assert p["unet"]["sample"] == [[1, 4, 32, 32], [2, 4, 64, 64], [8, 4, 128, 128]]
     assert p["unet"]["encoder_hidden_states"][2] == [8, 77, 768] and "timestep" not in p["unet"]
     assert p["vae_decoder"]["latent_sample"] == [[1, 4, 32, 32], [1, 4, 64, 64], [4, 4, 128, 128]]
@@ -164,7 +165,7 @@ def test_bad_tensorrt_section_is_a_user_error(bad, message):
     from edgeq.errors import EdgeqError
 
     with pytest.raises(EdgeqError, match=message):
-        trt_target.TrtOptions.from_profile(bad)
+        TrtOptions.from_profile(bad)
 
 
 def test_per_group_mode_writes_one_graph_and_one_trtexec_command_per_group(tiny_models, tmp_path):
@@ -185,7 +186,7 @@ def test_per_group_mode_writes_one_graph_and_one_trtexec_command_per_group(tiny_
 def test_engine_input_outside_its_profile_is_refused_before_running():
     from edgeq.errors import EdgeqError
 
-    runner = object.__new__(trt_target.TrtRunner)
+    runner = object.__new__(TrtRunner)
     runner.profile_shapes = {"sample": [[1, 4, 32, 32], [2, 4, 64, 64], [8, 4, 128, 128]]}
     runner._check_range("sample", (2, 4, 64, 64))
     with pytest.raises(EdgeqError, match="sample axis 2 is 160; this engine was built for 32..128"):

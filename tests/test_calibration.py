@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeq.calibrate.grouping import by_profile, group_for, uniform
+from edgeq.calibrate.grouping import by_profile, uniform
 from edgeq.calibrate.histogram import BINS, Hist, _qparams, expected_mse, merge_all, select_range, select_shared_range
 from edgeq.errors import EdgeqError
+from edgeq.runtime.groups import group_for
 
 
 def data(seed: int = 0, n: int = 50_000) -> np.ndarray:

@@ -12,6 +12,7 @@ import pytest
 from conftest import FAMILIES
 
 from edgeq.frontend import export as export_mod
+from edgeq.frontend import validate as validate_mod
 from edgeq.frontend.export import ExportSettings, export
 from edgeq.manifest import read_manifest
 from edgeq.models.weights import resolve
@@ -154,9 +155,9 @@ def test_failed_validation_is_a_clear_error(tiny_models, tmp_path, monkeypatch):
 
     from edgeq.errors import EdgeqError
 
-    real = export_mod._validate
+    real = validate_mod.validate_graph
     monkeypatch.setattr(
-        export_mod, "_validate", lambda *a, **k: [dataclasses.replace(v, max_rel=0.5) for v in real(*a, **k)]
+        validate_mod, "validate_graph", lambda *a, **k: [dataclasses.replace(v, max_rel=0.5) for v in real(*a, **k)]
     )
     with pytest.raises(EdgeqError, match="disagrees with torch"):
         export(resolve(str(tiny_models["sd15"])), tmp_path / "o", log=lambda *_: None)

@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 
+from edgeq.profiles import load_profile
 from edgeq.quantize.gains import GAINS_INPUT, add_gains, gain_table, group_scale, reference_ranges
 from edgeq.quantize.insert import quantize_graph, read_activation_qparams
 from edgeq.quantize.policy import decide, tensors_to_calibrate
-from edgeq.quantize.profile import load_profile
 
 
 def _ranges(tensors, scale: float, seed: int) -> dict[str, tuple[float, float]]:

@@ -9,10 +9,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgeq.errors import EdgeqError
+from edgeq.profiles import load_profile
 from edgeq.quantize.insert import quantize_graph, read_activation_qparams, save_group_graphs
 from edgeq.quantize.policy import decide, summary, tensors_to_calibrate
-from edgeq.quantize.profile import load_profile
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -108,24 +107,3 @@ def test_weights_are_int8_per_channel(unet):
     zps = [numpy_helper.to_array(inits[n.input[2]]) for n in conv_w if len(n.input) > 2 and n.input[2] in inits]
     assert all((z == 0).all() for z in zps)  # symmetric weights
     assert any(numpy_helper.to_array(inits[n.input[1]]).size > 1 for n in conv_w)  # per channel
-
-
-def test_profile_errors(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text('name = "x"\n[unet]\nmode = "int8"\nexclude = [{ pattern = "conv_in", reason = "" }]\n')
-    with pytest.raises(EdgeqError, match="has no reason"):
-        load_profile(str(bad))
-    bad.write_text('name = "x"\n[unet]\nmode = "int8"\nbogus = 1\n')
-    with pytest.raises(EdgeqError, match="unknown keys"):
-        load_profile(str(bad))
-    with pytest.raises(EdgeqError, match="no target profile"):
-        load_profile("nonexistent-target")
-    for body, message in [
-        ('[unet]\nmode = "int8"\nrange_method = "mse2"\n', "range_method"),
-        ('[unet]\nmode = "int8"\nexclude = [{ pattern = "(", reason = "x" }]\n', "not a valid regular expression"),
-        ('[unet]\nmode = "int8"\nexclude = [{ reason = "x" }]\n', "has no pattern"),
-        ("[gates]\nunet_sqnr = 3\n", "unknown keys in \\[gates\\]"),
-    ]:
-        bad.write_text('name = "x"\n' + body)
-        with pytest.raises(EdgeqError, match=message):
-            load_profile(str(bad))

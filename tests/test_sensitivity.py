@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeq.profiles import ComponentPolicy
 from edgeq.quantize.policy import decide, tensors_to_calibrate
-from edgeq.quantize.profile import ComponentPolicy
 from edgeq.quantize.sensitivity import (
     GATES,
     EvalSample,

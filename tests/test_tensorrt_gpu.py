@@ -7,9 +7,12 @@ import json
 import pytest
 from conftest import cli
 
-from edgeq.targets import tensorrt as trt_target
+from edgeq.targets.tensorrt.engines import build_engine, timing_cache_path, unavailable_reason
+from edgeq.targets.tensorrt.options import TrtOptions
+from edgeq.targets.tensorrt.packaging import shape_profiles
+from edgeq.targets.tensorrt.runner import TrtRunner
 
-REASON = trt_target.unavailable_reason()
+REASON = unavailable_reason()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=f"no TensorRT engines here: {REASON}")]
 
 
@@ -57,18 +60,16 @@ def test_engine_from_another_tensorrt_version_is_refused(engine_build):
     info = {**m["components"]["unet"]["tensorrt"], "version": "0.0.1"}
     plan = out / (m["components"]["unet"].get("engine") or m["components"]["unet"]["graphs"][0]["engine"])
     with pytest.raises(EdgeqError, match="built with TensorRT 0.0.1"):
-        trt_target.TrtRunner(plan, info)
+        TrtRunner(plan, info)
 
 
 def test_corrupt_timing_cache_warns_and_builds(engine_build, tmp_path, monkeypatch):
     out, _ = engine_build
     monkeypatch.setenv("EDGEQ_CACHE", str(tmp_path))
-    cache = trt_target.timing_cache_path()
+    cache = timing_cache_path()
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_bytes(b"not a timing cache")
     m = json.loads((out / "manifest.json").read_text())
-    shapes = trt_target.shape_profiles(m, trt_target.TrtOptions())["vae_decoder"]
-    res = trt_target.build_engine(
-        out / "vae_decoder" / "model.onnx", tmp_path / "v.plan", shapes, trt_target.TrtOptions(), cache
-    )
+    shapes = shape_profiles(m, TrtOptions())["vae_decoder"]
+    res = build_engine(out / "vae_decoder" / "model.onnx", tmp_path / "v.plan", shapes, TrtOptions(), cache)
     assert "unreadable" in res["timing_cache_note"] and (tmp_path / "v.plan").stat().st_size > 0

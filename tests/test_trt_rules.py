@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeq.quantize.trt_rules import RULES, report, validate
+from edgeq.targets.tensorrt.rules import RULES, report, validate
 
 C = 4
 

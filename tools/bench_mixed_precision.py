@@ -42,18 +42,16 @@ STEPS = ["base", "+split", "+smooth", "+ranges", "+gains", "+mixed"]
 def profile_with(target: str, step: str, goal: float, dst: Path) -> tuple[Path, str | None]:
     """The target profile with the features up to ``step``; and the group mode to force (or None)."""
     upto = STEPS[: STEPS.index(step) + 1]
-    text = (ROOT / "targets" / f"{target}.toml").read_text()
     unet = ""
     unet += "split_concat_convs = true\n" if "+split" in upto else ""
     unet += "smoothquant = true\n" if "+smooth" in upto else ""
     unet += f"goal_sqnr_db = {goal}\n" if "+mixed" in upto else ""
-    if "+ranges" in upto:
-        text = text.replace('range_method = "mse"', 'range_method = "auto"', 1)  # the [unet] section's
-    text = text.replace("[unet]\n", "[unet]\n" + unet, 1)
-    text = text.replace(
-        "[calibration]\n", f"[calibration]\ngroup_gains = {'true' if '+gains' in upto else 'false'}\n", 1
+    unet += 'range_method = "auto"\n' if "+ranges" in upto else ""
+    dst.write_text(
+        f'name = "{target}"\nextends = "{target}"\n'
+        f"[calibration]\ngroup_gains = {'true' if '+gains' in upto else 'false'}\n"
+        + (f"[unet]\n{unet}" if unet else "")
     )
-    dst.write_text(text)
     return dst, ("gains" if "+gains" in upto else None)
 
 
@@ -74,42 +72,42 @@ def unet_latency(out: Path, target: str, repeats: int) -> dict | None:
     from edgeq.runtime.pipeline import Pipeline
     from edgeq.runtime.sessions import OrtRunner
     from edgeq.targets import get_target
-    from edgeq.targets import openvino as ov_target
 
     m = read_manifest(out)
     x = feeds_for(m, m["components"]["unet"])
-    unet = Pipeline(out, runners=get_target(target).runners()).runners["unet"]
+    t = get_target(target)
+    unet = Pipeline(out, runners=t.runners()).runners["unet"]
     src = Path(m["source_export"]["folder"]) / "unet" / "model.onnx"
-    fp32 = ov_target.float_runner(src, m) if target == "openvino" else OrtRunner(src)
+    fp32 = t.float_runner(src, m) or OrtRunner(src)  # the target's FP32 baseline; None: ONNX Runtime's
     f, q = timed(fp32.run, x, repeats), timed(unet.run, x, repeats)
     return {"fp32_ms": round(1000 * f, 2), "int8_ms": round(1000 * q, 2), "speedup": round(f / q, 3)}
 
 
 def peer_latency(repeats: int) -> dict:
     """The peers' UNet latency against FP32 on their runtime (their graphs cached by :func:`peers`)."""
-    from bench_peers import _nncf_tiny, _quantize_static_tiny
+    from bench_peers import nncf_tiny, quantize_static_tiny
 
-    from edgeq.build import BuildOptions, capture_set, prepare
     from edgeq.runtime.sessions import OrtRunner
-    from edgeq.targets import openvino as ov_target
+    from edgeq.stages.calibration import capture_set
+    from edgeq.stages.config import BuildOptions
+    from edgeq.stages.context import prepare
+    from edgeq.targets.openvino import OpenVinoRunner
 
     ctx = prepare(BuildOptions("tiny-sd"))
     cal = capture_set(ctx, "calibration")
-    fp32_path = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    fp32_path = ctx.export.path("unet")
     x = next(iter(cal.unet_samples(1))).feeds
     out = {}
     for name, q, f in (
         (
             "ort_quantize_static",
-            lambda: OrtRunner(_quantize_static_tiny(fp32_path, cal, ctx.cache)[0]),
+            lambda: OrtRunner(quantize_static_tiny(fp32_path, cal, ctx.cache)[0]),
             lambda: OrtRunner(fp32_path),
         ),
         (
             "nncf_int8",
-            lambda: ov_target.OpenVinoRunner(
-                _nncf_tiny(fp32_path, cal, ctx.cache)[0], inference_precision="f32", cache=False
-            ),
-            lambda: ov_target.OpenVinoRunner(fp32_path, inference_precision="f32", cache=False),
+            lambda: OpenVinoRunner(nncf_tiny(fp32_path, cal, ctx.cache)[0], inference_precision="f32", cache=False),
+            lambda: OpenVinoRunner(fp32_path, inference_precision="f32", cache=False),
         ),
     ):
         f_s, q_s = timed(f().run, x, repeats), timed(q().run, x, repeats)
@@ -120,20 +118,23 @@ def peer_latency(repeats: int) -> dict:
 
 def peers(num_heldout: int, repeats: int) -> dict:
     """ORT quantize_static defaults and NNCF's transformer preset on tiny-sd's calibration capture."""
-    from bench_peers import _nncf_tiny, _quantize_static_tiny
+    from bench_peers import nncf_tiny, quantize_static_tiny
     from compare_calibration import images, unet_quality
 
-    from edgeq.build import BuildOptions, calibrate, capture_set, make_groups, prepare
     from edgeq.runtime.pipeline import Pipeline
     from edgeq.runtime.sessions import OrtRunner
-    from edgeq.targets import openvino as ov_target
+    from edgeq.stages.calibration import calibrate, capture_set
+    from edgeq.stages.config import BuildOptions
+    from edgeq.stages.context import prepare
+    from edgeq.stages.ranges import make_groups
+    from edgeq.targets.openvino import OpenVinoRunner
 
     ctx = prepare(BuildOptions("tiny-sd", num_heldout=num_heldout))
     cal, held = capture_set(ctx, "calibration"), capture_set(ctx, "heldout")
-    fp32_path = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
-    qs, _ = _quantize_static_tiny(fp32_path, cal, ctx.cache)
-    nncf, _ = _nncf_tiny(fp32_path, cal, ctx.cache)
-    fpipe = Pipeline(ctx.export_dir)
+    fp32_path = ctx.export.path("unet")
+    qs, _ = quantize_static_tiny(fp32_path, cal, ctx.cache)
+    nncf, _ = nncf_tiny(fp32_path, cal, ctx.cache)
+    fpipe = Pipeline(ctx.export.folder)
     ref = images(fpipe, list(held.settings.prompts))
     fp32 = OrtRunner(fp32_path)
     x = next(iter(held.unet_samples(1))).feeds
@@ -143,8 +144,8 @@ def peers(num_heldout: int, repeats: int) -> dict:
         ("ort_quantize_static", lambda: OrtRunner(qs), lambda: fp32),
         (
             "nncf_int8",
-            lambda: ov_target.OpenVinoRunner(nncf, inference_precision="f32", cache=False),
-            lambda: ov_target.OpenVinoRunner(fp32_path, inference_precision="f32", cache=False),
+            lambda: OpenVinoRunner(nncf, inference_precision="f32", cache=False),
+            lambda: OpenVinoRunner(fp32_path, inference_precision="f32", cache=False),
         ),
     ):
         r = make()
@@ -234,7 +235,7 @@ def main() -> None:
             prof, mode = profile_with(target, name, a.goal, a.work / f"{target}{name}.toml")
             out = a.work / f"tiny-sd-{target}{name}"
             t0 = time.time()
-            rep, _ = build(
+            rep = build(
                 BuildOptions(
                     "tiny-sd",
                     target=str(prof),
@@ -243,7 +244,7 @@ def main() -> None:
                     group_mode=mode,
                     onnx_only=target == "tensorrt",
                 )
-            )
+            ).report
             r = row(rep, out, time.time() - t0)
             r["latency"] = unet_latency(out, target, a.repeats)
             res["targets"][target][name] = r

@@ -37,8 +37,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=50)
     args = ap.parse_args()
     m = read_manifest(args.build)
-    cache = Path(m["cache_dir"])
-    fp32 = cache / "fp32" / "unet" / "model.onnx"
+    fp32 = Path(m["source_export"]["folder"]) / "unet" / "model.onnx"  # the FP32 export the build came from
     h, w = m["pipeline"]["resolution"]
     f = m["pipeline"]["vae_scale_factor"]
     cfg = json.loads((args.build / "unet" / "config.json").read_text())

@@ -51,7 +51,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_sd15_unet import WORK, export_fp32, feeds, peak_rss_gb, quantize, timed  # noqa: E402
+from bench_sd15_unet import (  # noqa: E402
+    WORK,
+    cached_stats,
+    export_fp32,
+    feeds,
+    peak_rss_gb,
+    quantize,
+    stats_file,
+    timed,
+    unet_candidates,
+)
 from compare_calibration import images, quantize_static_unet, unet_quality  # noqa: E402
 
 from edgeq.fsutil import write_json  # noqa: E402
@@ -138,8 +148,8 @@ def _staged(dst: Path) -> Path:
 
 
 def _policy_key(target: str) -> str:
+    from edgeq.profiles import load_profile
     from edgeq.quantize.insert import QDQ_VERSION
-    from edgeq.quantize.profile import load_profile
 
     policy = load_profile(target).policy("unet")
     return hashlib.sha256(json.dumps([QDQ_VERSION, asdict(policy)], sort_keys=True, default=str).encode()).hexdigest()[
@@ -149,7 +159,7 @@ def _policy_key(target: str) -> str:
 
 def flavour(target: str) -> str:
     """The UNet Q/DQ flavour of a target profile, in words."""
-    from edgeq.quantize.profile import load_profile
+    from edgeq.profiles import load_profile
 
     p = load_profile(target).policy("unet")
     act = f"{p.activation_type} {'symmetric' if p.activation_symmetric else 'asymmetric'}"
@@ -162,11 +172,7 @@ def stage_edgeq(args: dict, target: str) -> dict:
     bench_sd15_unet caches by path only; a stamp with the profile's UNet policy (and the Q/DQ code
     version) says whether the cached graph is still this profile's.
     """
-    import onnx
-
-    from edgeq.calibrate.collect import Stats
-    from edgeq.quantize.policy import decide, tensors_to_calibrate
-    from edgeq.quantize.profile import load_profile
+    from edgeq.stages.ranges import base_method
 
     fp32 = export_fp32()
     dst = WORK / f"int8-{target}"
@@ -177,20 +183,18 @@ def stage_edgeq(args: dict, target: str) -> dict:
     if not fresh and dst.exists():
         print(f"edgeq {target}: cached graph is not this profile's (or --requantize): quantizing again", flush=True)
         shutil.rmtree(dst)
-    stats_path = WORK / f"stats-{target}-{args['calib']}.npz"
-    if stats_path.is_file():
-        graph = onnx.load(str(fp32), load_external_data=False).graph
-        want = tensors_to_calibrate(graph, decide(graph, load_profile(target).policy("unet")))
-        if not set(want) <= set(Stats.load(stats_path).tensors) or args["requantize"]:
-            stats_path.unlink()
-        del graph
+    if args["requantize"]:
+        stats_file(target, args["calib"]).unlink(missing_ok=True)
+    policy, _, tensors = unet_candidates(fp32, target)
+    method = base_method(policy.range_method)
     cached = (dst / "info.json").is_file()
-    stats_reused = stats_path.is_file()
+    stats_reused = cached_stats(target, args["calib"], tensors) is not None  # else quantize collects them anew
     t0 = time.time()
     path, info = quantize(fp32, target, args["calib"], print)
     out = {
         "path": str(path.relative_to(ROOT)),
-        "calibration": f"{args['calib']} random inputs (edgeq streaming statistics), MSE ranges",
+        "calibration": f"{args['calib']} random inputs (edgeq streaming statistics), "
+        f"{'MSE' if method == 'mse' else method} ranges",
         "cached": cached,
         "statistics_reused": stats_reused,
         "policy_key": key,
@@ -359,7 +363,7 @@ class _OvDefaultRunner:
         return {n: np.array(res[o]) for o in self.compiled.outputs for n in o.get_names()}
 
 
-def _nncf_tiny(fp32_path: Path, cap, cache: Path) -> tuple[Path, dict]:
+def nncf_tiny(fp32_path: Path, cap, cache: Path) -> tuple[Path, dict]:
     import nncf
     import openvino as ov
 
@@ -385,7 +389,7 @@ def _nncf_tiny(fp32_path: Path, cap, cache: Path) -> tuple[Path, dict]:
     return dst / "model.xml", {**info, "cached": False}
 
 
-def _quantize_static_tiny(fp32_path: Path, cap, cache: Path) -> tuple[Path, dict]:
+def quantize_static_tiny(fp32_path: Path, cap, cache: Path) -> tuple[Path, dict]:
     import onnxruntime
 
     key = hashlib.sha256(json.dumps([cap.folder.name, onnxruntime.__version__]).encode()).hexdigest()[:16]
@@ -407,10 +411,14 @@ def _quantize_static_tiny(fp32_path: Path, cap, cache: Path) -> tuple[Path, dict
 
 
 def stage_quality(args: dict) -> dict:
-    from edgeq.build import BuildOptions, calibrate, capture_set, prepare, quantize_unet
     from edgeq.runtime.pipeline import Pipeline
     from edgeq.runtime.sessions import OrtRunner
-    from edgeq.targets import openvino as ov_target
+    from edgeq.stages.calibration import calibrate, capture_set
+    from edgeq.stages.config import BuildOptions
+    from edgeq.stages.context import prepare
+    from edgeq.stages.qdq import quantize_unet
+    from edgeq.targets import get_target
+    from edgeq.targets.openvino import OpenVinoRunner
     from edgeq.verify.adherence import adherence
 
     common = {
@@ -422,7 +430,7 @@ def stage_quality(args: dict) -> dict:
     ctx = prepare(BuildOptions(target="ort-cpu", **common))
     ctx_ov = prepare(BuildOptions(target="openvino", **common))
     cal_cap, held_cap = capture_set(ctx, "calibration"), capture_set(ctx, "heldout")
-    fp32_path = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    fp32_path = ctx.export.path("unet")
     quantizers = {}
     t0 = time.time()
     v_ort = quantize_unet(ctx, calibrate(ctx, cal_cap)["unet"], cal_cap)
@@ -432,21 +440,22 @@ def stage_quality(args: dict) -> dict:
     ov_cap = capture_set(ctx_ov, "calibration")
     v_ov = quantize_unet(ctx_ov, calibrate(ctx_ov, ov_cap)["unet"], ov_cap)
     quantizers["edgeq_openvino"] = {"seconds_with_cache": round(time.time() - t0, 1), "timings": dict(ctx_ov.timings)}
-    qs_path, quantizers["ort_quantize_static"] = _quantize_static_tiny(fp32_path, cal_cap, ctx.cache)
-    nncf_path, quantizers["nncf_int8"] = _nncf_tiny(fp32_path, cal_cap, ctx.cache)
+    qs_path, quantizers["ort_quantize_static"] = quantize_static_tiny(fp32_path, cal_cap, ctx.cache)
+    nncf_path, quantizers["nncf_int8"] = nncf_tiny(fp32_path, cal_cap, ctx.cache)
     ov_groups = [g.to_dict() for g in v_ov.groups]
+    ov = get_target(ctx_ov.profile)
     rows = {
         "ort_quantize_static": lambda: OrtRunner(qs_path),
         "edgeq_ort_cpu": lambda: OrtRunner(v_ort.shared_dir / "model.onnx"),
         "ov_default": lambda: _OvDefaultRunner(fp32_path),
-        "nncf_int8": lambda: ov_target.OpenVinoRunner(nncf_path, inference_precision="f32", cache=False),
-        "edgeq_openvino": lambda: ov_target.unet_runner(ctx_ov, [(v_ov.shared_dir / "model.onnx", ov_groups[0])]),
+        "nncf_int8": lambda: OpenVinoRunner(nncf_path, inference_precision="f32", cache=False),
+        "edgeq_openvino": lambda: ov.unet_runner(ctx_ov, [(v_ov.shared_dir / "model.onnx", ov_groups[0])]),
     }
     if args["skip_ov_default_quality"]:
         rows.pop("ov_default")
     fp32 = OrtRunner(fp32_path)
     prompts = list(held_cap.settings.prompts)
-    fpipe = Pipeline(ctx.export_dir)
+    fpipe = Pipeline(ctx.export.folder)
     ref = images(fpipe, prompts)
     results = {}
     for name, make in rows.items():

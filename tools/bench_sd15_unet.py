@@ -2,9 +2,10 @@
 """UNet latency on the full-size SD1.5-shaped UNet (SD1.5 config, random weights), in one run.
 
 Batch 1, 64x64 latents, 77x768 text. The UNet is exported with edgeq's exporter (cached under
-``build/sd15-unet-bench/``), calibrated with edgeq's streaming statistics on random inputs spread
-over the timesteps (random weights: speed only, not quality), and quantized with each target
-profile's policy through ONNX Runtime's QDQQuantizer, as ``edgeq build`` does. Then, in one process:
+``build/sd15-unet-bench/``), then quantized by edgeq's own stages, as ``edgeq build`` runs them:
+streaming statistics in a child process on random inputs spread over the timesteps (random weights:
+speed only, not quality), ranges by each target profile's method, Q/DQ insertion with its policy
+(and with ``--gains``, the group gains graph). Then, in one process:
 
 * OpenVINO: FP32 graph with the f32 hint, FP32 graph with OpenVINO's default hint (bf16 where the
   CPU has it), edgeq's ``openvino`` INT8 graph (f32 hint for what stays float);
@@ -26,9 +27,10 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,11 +39,17 @@ sys.path.insert(0, str(ROOT))
 
 from edgeq.manifest import library_versions  # noqa: E402
 
+if TYPE_CHECKING:
+    from edgeq.calibrate.collect import Stats
+    from edgeq.stages.calibration import ComponentStats
+
 WORK = ROOT / "build" / "sd15-unet-bench"
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """Peak RSS of this process or of the largest child it waited for (edgeq's statistics run in one)."""
+    own, child = (resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return max(own, child) / 2**20
 
 
 def export_fp32() -> Path:
@@ -76,20 +84,36 @@ def feeds(seed: int, t: float) -> dict[str, np.ndarray]:
     }
 
 
-def quantize(fp32: Path, target: str, n_calib: int, log, float_nodes: tuple[str, ...] = ()) -> tuple[Path, dict]:
-    """edgeq's statistics, MSE ranges and Q/DQ placement for ``target``, on random inputs."""
+@dataclass(frozen=True)
+class RandomCalls:
+    """Random UNet inputs where edgeq's statistics stage reads a captured trajectory
+    (edgeq.calibrate.capture.Capture): call ``i`` is step ``i``, at ``timesteps[i]``."""
+
+    timesteps: tuple[float, ...]
+
+    @classmethod
+    def spread(cls, n: int) -> RandomCalls:
+        """``n`` calls, their timesteps spread evenly over 999..1."""
+        return cls(tuple(np.linspace(999, 1, n).tolist()))
+
+    def unet_samples(self, limit: int | None = None):
+        from edgeq.calibrate.capture import Sample
+
+        for i, t in enumerate(self.timesteps[:limit]):
+            yield Sample(0, i, t, feeds(i, t))
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+
+def unet_candidates(fp32: Path, target: str, float_nodes: tuple[str, ...] = ()) -> tuple:
+    """``target``'s UNet policy, its decision per node (``float_nodes`` left float) and the tensors
+    those decisions need statistics of, as edgeq's calibration stage decides them."""
     import onnx
 
-    from edgeq.calibrate.collect import Stats, collect
-    from edgeq.calibrate.histogram import select_range
-    from edgeq.quantize.insert import quantize_graph
+    from edgeq.profiles import load_profile
     from edgeq.quantize.policy import decide, tensors_to_calibrate
-    from edgeq.quantize.profile import load_profile
 
-    dst = WORK / (f"int8-{target}" + ("-float-" + _key(float_nodes) if float_nodes else "")) / "model.onnx"
-    info_path = dst.parent / "info.json"
-    if dst.is_file() and info_path.is_file():
-        return dst, json.loads(info_path.read_text())
     policy = load_profile(target).policy("unet")
     graph = onnx.load(str(fp32), load_external_data=False).graph
     decisions = decide(graph, policy)
@@ -97,43 +121,74 @@ def quantize(fp32: Path, target: str, n_calib: int, log, float_nodes: tuple[str,
     if missing:
         raise SystemExit(f"--float: no such candidate node {sorted(missing)}")
     decisions = [replace(d, quantized=False, reason="--float") if d.node in float_nodes else d for d in decisions]
-    tensors = tensors_to_calibrate(graph, decisions)
-    stats_path = WORK / f"stats-{target}-{n_calib}.npz"
+    return policy, tuple(decisions), tuple(tensors_to_calibrate(graph, decisions, policy))
+
+
+def stats_file(target: str, n_calib: int) -> Path:
+    return WORK / f"stats-{target}-{n_calib}.npz"
+
+
+def cached_stats(target: str, n_calib: int, tensors) -> Stats | None:
+    """The statistics an earlier run collected, where they cover ``tensors``."""
+    from edgeq.calibrate.collect import Stats
+
+    path = stats_file(target, n_calib)
+    if not path.is_file():
+        return None
+    stats = Stats.load(path)
+    return stats if set(tensors) <= set(stats.tensors) else None
+
+
+def unet_stats(fp32: Path, target: str, n_calib: int, float_nodes: tuple[str, ...] = ()) -> ComponentStats:
+    """The UNet's candidates and statistics: edgeq's statistics stage (a child process,
+    edgeq.stages.calibration.collect_isolated) on ``n_calib`` random calls, or an earlier run's."""
+    from edgeq.calibrate.collect import Stats
+    from edgeq.stages.calibration import ComponentStats, collect_isolated
+
+    policy, decisions, tensors = unet_candidates(fp32, target, float_nodes)
+    stats = cached_stats(target, n_calib, tensors)
+    if stats is None:
+        path = stats_file(target, n_calib)
+        collect_isolated(fp32, list(tensors), RandomCalls.spread(n_calib), "unet", path)
+        stats = Stats.load(path)
+    return ComponentStats("unet", policy, decisions, tensors, stats, fp32)
+
+
+def group_ranges(cal: ComponentStats, groups: int = 1) -> tuple[list, list[dict]]:
+    """The calls in ``groups`` uniform timestep groups and each group's ranges, by the profile's
+    method (``auto``: the fixed method it starts from): edgeq's range stage
+    (edgeq.stages.ranges.choose_ranges). One group: one range per tensor over every call."""
+    from edgeq.calibrate.grouping import uniform
+    from edgeq.stages.ranges import base_method, choose_ranges
+
+    gs = uniform(list(cal.stats.timesteps), groups)
+    per_group, _ = choose_ranges(cal, gs, base_method(cal.policy.range_method))
+    return gs, per_group
+
+
+def quantize(fp32: Path, target: str, n_calib: int, log, float_nodes: tuple[str, ...] = ()) -> tuple[Path, dict]:
+    """edgeq's statistics, range and Q/DQ stages for ``target``'s UNet policy, on random inputs."""
+    from edgeq.stages.qdq import quantize_component
+
+    dst = WORK / (f"int8-{target}" + ("-float-" + _key(float_nodes) if float_nodes else "")) / "model.onnx"
+    info_path = dst.parent / "info.json"
+    if dst.is_file() and info_path.is_file():
+        return dst, json.loads(info_path.read_text())
     t0 = time.time()
-    if stats_path.is_file():
-        stats = Stats.load(stats_path)
-    else:
-        ts = np.linspace(999, 1, n_calib).tolist()
-        stats = collect(
-            fp32, tensors, ((i, feeds(i, t)) for i, t in enumerate(ts)), ts, n_calib, f"statistics {target}"
-        )
-        stats.save(stats_path)
+    cal = unet_stats(fp32, target, n_calib, float_nodes)
     stats_s = time.time() - t0
-    bits = 16 if "16" in policy.activation_type else 8
-    ranges = {
-        t: tuple(
-            float(v)
-            for v in select_range(stats.group(t, list(range(n_calib))), "mse", policy.activation_symmetric, bits=bits)
-        )
-        for t in tensors
-    }
+    _, (ranges,) = group_ranges(cal)
     t0 = time.time()
-    model = quantize_graph(fp32, decisions, policy, ranges)
     tmp = dst.parent.with_name(dst.parent.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    onnx.save_model(
-        model, str(tmp / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-        location="model.onnx_data", size_threshold=1024,
-    )  # fmt: skip
-    del model
+    quantize_component(fp32, cal.decisions, cal.policy, ranges, tmp / "model.onnx")
     gc.collect()
     info = {
         "statistics_s": round(stats_s, 1),
         "quantize_s": round(time.time() - t0, 1),
-        "quantized_nodes": sum(d.quantized for d in decisions),
-        "float_nodes": sum(not d.quantized for d in decisions),
-        "activation_tensors": len(tensors),
+        "quantized_nodes": sum(d.quantized for d in cal.decisions),
+        "float_nodes": sum(not d.quantized for d in cal.decisions),
+        "activation_tensors": len(cal.tensors),
         "bytes": sum(p.stat().st_size for p in tmp.iterdir()),
     }
     (tmp / "info.json").write_text(json.dumps(info, indent=2))
@@ -149,37 +204,22 @@ def _key(nodes) -> str:
     return hashlib.sha256(json.dumps(sorted(nodes)).encode()).hexdigest()[:8]
 
 
-def with_gains(target: str, int8: Path, n_calib: int, groups: int = 4) -> Path:
-    """The INT8 graph with group gains (edgeq.quantize.gains): per-group ranges from the same
-    statistics, the calibration calls split into ``groups`` timestep groups."""
+def with_gains(
+    fp32: Path, target: str, int8: Path, n_calib: int, float_nodes: tuple[str, ...] = (), groups: int = 4
+) -> Path:
+    """The INT8 graph with group gains: per-group ranges from the same statistics, the calls split
+    into ``groups`` timestep groups, and edgeq's gains stage (edgeq.stages.qdq.write_gains_graph)."""
     import onnx
 
-    from edgeq.calibrate.collect import Stats
-    from edgeq.calibrate.histogram import select_range
-    from edgeq.fsutil import save_onnx
-    from edgeq.quantize.gains import add_gains, gain_table
-    from edgeq.quantize.insert import read_activation_qparams
-    from edgeq.quantize.profile import load_profile
+    from edgeq.stages.qdq import write_gains_graph
 
     dst = WORK / f"{int8.parent.name}-gains" / "model.onnx"
     if dst.is_file():
         return dst
-    policy = load_profile(target).policy("unet")
-    stats = Stats.load(WORK / f"stats-{target}-{n_calib}.npz")
+    cal = unet_stats(fp32, target, n_calib, float_nodes)
+    gs, per_group = group_ranges(cal, groups)
     model = onnx.load(str(int8), load_external_data=True)
-    tensors = [t for t in stats.tensors]
-    fixed = read_activation_qparams(model, tensors)
-    parts = np.array_split(np.arange(n_calib), groups)
-    per_group = [
-        {
-            t: tuple(float(v) for v in select_range(stats.group(t, list(p)), "mse", policy.activation_symmetric))
-            for t in fixed
-        }
-        for p in parts
-    ]
-    gains = gain_table(fixed, per_group, policy.activation_type, policy.activation_symmetric, [{}] * groups)
-    save_onnx(add_gains(model, gains.tensors), dst)
-    (dst.parent / "gains.json").write_text(json.dumps(gains.to_dict()))
+    write_gains_graph(model, cal, per_group, [g.to_dict() for g in gs], dst.parent)
     return dst
 
 
@@ -212,8 +252,9 @@ def main() -> None:
     mixed = {t: quantize(fp32, t, args.calib, print, tuple(args.float))[0] for t in prep} if args.float else {}
     x = feeds(123, 500.0)
     results: dict[str, dict] = {}
-    gained = {t: with_gains(t, p[0], args.calib) for t, p in prep.items()} if args.gains else {}
-    gained_mixed = {t: with_gains(t, p, args.calib) for t, p in mixed.items()} if args.gains else {}
+    gained = {t: with_gains(fp32, t, p[0], args.calib) for t, p in prep.items()} if args.gains else {}
+    floated = tuple(args.float)
+    gained_mixed = {t: with_gains(fp32, t, p, args.calib, floated) for t, p in mixed.items()} if args.gains else {}
 
     def gain_feed(path: Path) -> dict[str, np.ndarray]:
         table = json.loads((path.parent / "gains.json").read_text())["table"]

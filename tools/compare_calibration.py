@@ -26,9 +26,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgeq.build import HELDOUT_SEED, BuildOptions, calibrate, capture_set, prepare, quantize_unet  # noqa: E402
 from edgeq.runtime.pipeline import GenerateOptions, Pipeline  # noqa: E402
 from edgeq.runtime.sessions import GroupedRunner, OrtRunner  # noqa: E402
+from edgeq.stages.calibration import calibrate, capture_set  # noqa: E402
+from edgeq.stages.config import HELDOUT_SEED, BuildOptions  # noqa: E402
+from edgeq.stages.context import prepare  # noqa: E402
+from edgeq.stages.qdq import quantize_unet  # noqa: E402
 from edgeq.verify.adherence import adherence  # noqa: E402
 from edgeq.verify.checks import unet_groups  # noqa: E402
 from edgeq.verify.metrics import psnr_db, ssim  # noqa: E402
@@ -89,12 +92,11 @@ def main() -> None:
     ctx = prepare(opts)
     cal_cap, held_cap = capture_set(ctx, "calibration"), capture_set(ctx, "heldout")
     cal = calibrate(ctx, cal_cap)["unet"]
-    fp32_path = ctx.export_dir / ctx.export_manifest["components"]["unet"]["path"]
+    fp32_path = ctx.export.path("unet")
     fp32 = OrtRunner(fp32_path)
-    ctx4 = replace(ctx, groups_n=4)
-    v4 = quantize_unet(ctx4, cal, cal_cap)
+    v4 = quantize_unet(replace(ctx, plan=replace(ctx.plan, groups=4)), cal, cal_cap)
     groups4 = [g.to_dict() for g in v4.groups]
-    v1 = quantize_unet(replace(ctx, groups_n=1), cal, cal_cap)
+    v1 = quantize_unet(replace(ctx, plan=replace(ctx.plan, groups=1)), cal, cal_cap)
     qs_path = quantize_static_unet(fp32_path, cal_cap, Path(tempfile.mkdtemp()) / "unet_qs.onnx")
     rows = {
         "edgeq --groups 1": OrtRunner(v1.shared_dir / "model.onnx"),
@@ -105,7 +107,7 @@ def main() -> None:
         "ORT quantize_static defaults": OrtRunner(qs_path),
     }
     prompts = list(held_cap.settings.prompts)
-    fpipe = Pipeline(ctx.export_dir)
+    fpipe = Pipeline(ctx.export.folder)
     ref = images(fpipe, prompts)
     results = {name: unet_quality(fpipe, fp32, r, held_cap, groups4, ref, name) for name, r in rows.items()}
     fp32_adh = adherence(prompts, ref).to_dict()

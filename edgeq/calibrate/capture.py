@@ -57,6 +57,15 @@ class Capture:
     settings: CaptureSettings
     timesteps: tuple[float, ...]
 
+    def to_dict(self) -> dict:
+        return {"folder": str(self.folder), "settings": asdict(self.settings), "timesteps": list(self.timesteps)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Capture:
+        s = d["settings"]
+        settings = CaptureSettings(**{**s, "prompts": tuple(s["prompts"])})
+        return cls(Path(d["folder"]), settings, tuple(float(t) for t in d["timesteps"]))
+
     def shard(self, i: int) -> Path:
         return self.folder / f"shard-{i:05d}.npz"
 

@@ -75,13 +75,3 @@ def by_profile(timesteps: list[float], profile: np.ndarray, n: int) -> list[Grou
     for k in range(n, 0, -1):
         bounds.append(int(arg[k, bounds[-1]]))
     return _groups(timesteps, bounds[::-1])
-
-
-def group_for(groups: list[dict] | list[Group], t: float) -> int:
-    """The group whose timestep interval is nearest to ``t``."""
-
-    def dist(g) -> float:
-        lo, hi = (g["t_min"], g["t_max"]) if isinstance(g, dict) else (g.t_min, g.t_max)
-        return 0.0 if lo <= t <= hi else min(abs(t - lo), abs(t - hi))
-
-    return min(range(len(groups)), key=lambda i: dist(groups[i]))

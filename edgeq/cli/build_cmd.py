@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 GATE_FAILED = 3
@@ -60,14 +59,23 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
 
 
 def options(args: argparse.Namespace):
-    from edgeq.build import BuildOptions
+    """The command's options; a bad profile or a missing runtime fails here, before any heavy import."""
+    from edgeq.stages.config import BuildOptions
+    from edgeq.targets import get_target
 
-    return BuildOptions(**{k: getattr(args, k) for k in BuildOptions.__dataclass_fields__ if hasattr(args, k)})
+    opts = BuildOptions(**{k: getattr(args, k) for k in BuildOptions.__dataclass_fields__ if hasattr(args, k)})
+    get_target(opts.target)
+    return opts
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_build_options(p)
     p.add_argument("--out", type=Path, help="build folder (default build/<model>-<target>)")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved build plan (options, profile and preset defaults settled) as JSON and exit",
+    )
     p.add_argument(
         "--onnx-only",
         action="store_true",
@@ -76,11 +84,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeq.build import build
-
     opts = options(args)
-    print("resolved options: " + json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()}))
-    rep, out = build(opts)
+    from edgeq.build import build, print_config
+
+    if args.print_config:
+        print(json.dumps(print_config(opts), indent=2))
+        return 0
+    print("resolved options: " + json.dumps(opts.to_dict()))
+    res = build(opts)
+    rep, out = res.report, res.folder
     print(
         f"\n{'PASSED' if rep.passed else 'FAILED'}: {rep.model} -> {rep.target} in {out} (group mode {rep.group_mode})"
     )
@@ -111,11 +123,11 @@ def engines_exit_code(rep, onnx_only: bool) -> int:
     print(f"  checks: {e.get('checks')}")
     if e.get("built") or onnx_only:
         return 0
-    from edgeq.targets.tensorrt import ENGINES_NOT_BUILT
+    from edgeq.targets.base import ENGINES_NOT_BUILT
 
     print(
-        f"edgeq build: engines not built: {e.get('reason')}. The TensorRT-ready ONNX, quant plan, CPU-simulated "
-        f"report and trtexec.sh are written.\n  finish: {e.get('finish')}\n  (--onnx-only makes this a success)",
+        f"edgeq build: engines not built: {e.get('reason')}. The engine-ready graphs, quant plan and simulated "
+        f"report are written.\n  finish: {e.get('finish')}\n  (--onnx-only makes this a success)",
         file=sys.stderr,
     )
     return ENGINES_NOT_BUILT

@@ -12,8 +12,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    opts = options(args)
     from edgeq.build import build
 
-    build(options(args), until="calibrate")
+    build(opts, until="calibrate")
     print("calibration statistics are cached; `edgeq quantize` or `edgeq build` with the same options reuses them")
     return 0

@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeq.build import check_folder
+    from edgeq.stages.checks import check_folder
 
     rep = check_folder(args.build)
     print(f"{'PASSED' if rep.passed else 'FAILED'}: report in {args.build / 'report.html'}")

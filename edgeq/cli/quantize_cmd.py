@@ -14,8 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    opts = options(args)
     from edgeq.build import build
 
-    _, out = build(options(args), until="quantize")
+    out = build(opts, until="quantize").folder
     print(f"wrote {out} (status: unchecked); run `edgeq check {out}` for the accuracy gates")
     return 0

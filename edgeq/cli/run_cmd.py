@@ -30,11 +30,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output.suffix.lower() != ".png":
         raise EdgeqError(f"output {args.output} is not a .png file", "give -o NAME.png")
     from edgeq.manifest import read_manifest
-    from edgeq.targets import get_target
+    from edgeq.targets import for_manifest
 
     t0 = time.time()
-    target = read_manifest(args.build).get("target")
-    pipe = Pipeline(args.build, runners=get_target(target).runners() if target else None)
+    manifest = read_manifest(args.build)
+    pipe = Pipeline(args.build, runners=for_manifest(manifest).runners() if manifest.get("target") else None)
     t1 = time.time()
     img = pipe.generate(
         GenerateOptions(

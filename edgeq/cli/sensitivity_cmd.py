@@ -16,9 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeq.build import sensitivity_analysis
+    opts = options(args)
+    from edgeq.stages.sensitivity import sensitivity_analysis
 
-    res, out = sensitivity_analysis(options(args), args.calls, args.out)
+    res, out = sensitivity_analysis(opts, args.calls, args.out)
     print(f"\nall {len(res['nodes'])} candidate nodes quantized: worst group {min(res['baseline_db']):.2f} dB")
     print(f"{'node':60s} {'op':7s} {'MACs %':>7s} {'float gain dB':>13s} {'alone worst dB':>14s}")
     for r in res["nodes"][: args.top]:

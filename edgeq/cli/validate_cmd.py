@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeq.quantize.trt_rules import report, validate_file
+    from edgeq.targets.tensorrt.rules import report, validate_file
 
     if args.path.is_dir():
         graphs = sorted(p for p in args.path.rglob("*.onnx") if not any(part.startswith(".") for part in p.parts))

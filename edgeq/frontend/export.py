@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import EdgeqError
+from edgeq.frontend import validate
+from edgeq.frontend.validate import Validation
 from edgeq.fsutil import staged_dir, write_json
 from edgeq.manifest import MANIFEST, artifact_table, check_artifacts, library_versions, read_manifest, write_manifest
-from edgeq.models.spec import ComponentSpec
+from edgeq.models.spec import TEXT_PAIRS, ComponentSpec, text_sequence_length
 from edgeq.models.weights import WeightSource, load_pipeline
 from edgeq.runtime.tokenizer import TOKENIZER_MODEL, build_tokenizer_model, tokenizer_settings
 
@@ -41,18 +43,6 @@ class ExportSettings:
     height: int | None = None  # image pixels; default: the model's resolution
     width: int | None = None
     validate: bool = True
-
-
-@dataclass(frozen=True)
-class Validation:
-    output: str
-    max_abs: float
-    max_rel: float  # max |onnx - torch| / max |torch|
-    tolerance: float
-
-    @property
-    def passed(self) -> bool:
-        return bool(np.isfinite(self.max_rel) and self.max_rel <= self.tolerance)
 
 
 @dataclass(frozen=True)
@@ -97,9 +87,29 @@ def export(source: WeightSource, out: Path, settings: ExportSettings = ExportSet
         except EdgeqError as e:
             log(f"not reusing {out}: {e}")
     pipe = load_pipeline(source)
+    length = text_length(pipe, source)  # refuses a model edgeq cannot take before anything is written
     with staged_dir(out) as stage:
-        vals = _export_pipeline(pipe, source, stage, settings, key, log)
+        vals = _export_pipeline(pipe, source, stage, settings, key, length, log)
     return ExportResult(out, False, vals, time.time() - t0)
+
+
+def text_length(pipe, source: WeightSource) -> int:
+    """The prompt token length the text encoder(s) and UNet are exported for, from the loaded model's
+    own tokenizer(s) and text encoder config(s); see :func:`edgeq.models.spec.text_sequence_length`."""
+    spec = source.spec
+    for comp in spec.components:
+        if getattr(pipe, comp.module, None) is None:
+            raise EdgeqError(
+                f"{spec.name} is a {spec.family} model but has no {comp.module}",
+                "is the model folder complete, and of the family its configs name?",
+            )
+    text = {c.module for c in spec.components if c.module.startswith("text_encoder")}
+    encoders = {enc: getattr(pipe, enc).config.to_dict() for enc, _ in TEXT_PAIRS if enc in text}
+    tokenizers = {}
+    for _, tok_name in TEXT_PAIRS:
+        tok = getattr(pipe, tok_name, None)
+        tokenizers[tok_name] = None if tok is None else int(getattr(tok, "model_max_length", None) or 2**62)
+    return text_sequence_length(spec.name, encoders, tokenizers)
 
 
 def _component_configs(pipe) -> dict[str, dict[str, Any]]:
@@ -113,7 +123,7 @@ def _component_configs(pipe) -> dict[str, dict[str, Any]]:
 
 
 def _export_pipeline(
-    pipe, source: WeightSource, stage: Path, settings: ExportSettings, key: str, log
+    pipe, source: WeightSource, stage: Path, settings: ExportSettings, key: str, length: int, log
 ) -> dict[str, list[Validation]]:
     import torch
     from tqdm import tqdm
@@ -130,7 +140,7 @@ def _export_pipeline(
     axes = {
         "batch": settings.batch,
         "image_batch": 1,
-        "sequence": spec.max_length,
+        "sequence": length,
         "height": height // f,
         "width": width // f,
         "image_height": height,
@@ -149,10 +159,15 @@ def _export_pipeline(
         tok = getattr(pipe, tok_name, None)
         if tok is None:
             continue
+        if tok.model_max_length != length:  # "no limit": the runtime reads the exported length from the config
+            tok.model_max_length = length
         tok.save_pretrained(stage / tok_name)
         build_tokenizer_model(stage / tok_name, stage / tok_name / TOKENIZER_MODEL)
         artifacts.append(f"{tok_name}/{TOKENIZER_MODEL}")
-        tokenizers[tok_name] = {"path": f"{tok_name}/{TOKENIZER_MODEL}", **tokenizer_settings(stage / tok_name)}
+        entry = {"path": f"{tok_name}/{TOKENIZER_MODEL}", **tokenizer_settings(stage / tok_name)}
+        if entry["max_length"] != length:
+            raise AssertionError(f"{tok_name}: the runtime would read {entry['max_length']} tokens, {length} exported")
+        tokenizers[tok_name] = entry
     pipe.scheduler.save_pretrained(stage / "scheduler")
     index = {"_class_name": type(pipe).__name__, "_diffusers_version": library_versions().get("diffusers")}
     for name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler"):
@@ -185,7 +200,7 @@ def _export_pipeline(
                 "vae_scale_factor": f,
                 "scaling_factor": float(vae_cfg.get("scaling_factor", 0.18215)),
                 "shift_factor": vae_cfg.get("shift_factor"),
-                "max_length": spec.max_length,
+                "max_length": length,
                 "force_zeros_for_empty_prompt": bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)),
                 "calibration_data": spec.calibration_data,
             },
@@ -220,7 +235,7 @@ def export_graph(
     module = _wrap(pipe, comp)
     rel = f"{comp.name}/model.onnx"
     (stage / comp.name).mkdir(parents=True, exist_ok=True)
-    dummy = _random_inputs(comp, {t.name: t.resolve(configs, axes) for t in comp.inputs}, configs, seed=0)
+    dummy = validate.random_inputs(comp, {t.name: t.resolve(configs, axes) for t in comp.inputs}, configs, seed=0)
     out_names = _output_names(comp, configs)
     t1 = time.time()
     _torch_export(module, comp, dummy, out_names, stage / rel, settings)
@@ -230,7 +245,9 @@ def export_graph(
     if settings.validate:
         check_axes = dict(axes) if settings.static else {**axes, "batch": 1, "image_batch": 2}
         shapes_val = {t.name: t.resolve(configs, check_axes) for t in comp.inputs}
-        vals = _validate(module, comp, stage / rel, _random_inputs(comp, shapes_val, configs, seed=1), out_names)
+        vals = validate.validate_graph(
+            module, comp, stage / rel, validate.random_inputs(comp, shapes_val, configs, seed=1), out_names
+        )
         for v in vals:
             log(
                 f"  {comp.name}.{v.output}: max abs err {v.max_abs:.2e}, rel {v.max_rel:.2e} "
@@ -316,23 +333,6 @@ def _output_names(comp: ComponentSpec, configs: dict[str, dict[str, Any]]) -> li
     return names
 
 
-def _random_inputs(comp: ComponentSpec, shapes: dict[str, tuple], configs, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for t in comp.inputs:
-        shape = shapes[t.name]
-        if t.name == "input_ids":
-            vocab = int(configs[comp.module]["vocab_size"])
-            out[t.name] = rng.integers(0, vocab, shape).astype(np.int32)
-        elif t.name == "timestep":
-            out[t.name] = np.array(rng.uniform(0, 999), np.float32)
-        elif t.name == "time_ids":
-            out[t.name] = np.tile(np.array([[1024, 1024, 0, 0, 1024, 1024]], np.float32), (shape[0], 1))
-        else:
-            out[t.name] = rng.standard_normal(shape).astype(np.float32)
-    return out
-
-
 def _dynamic_axes(comp: ComponentSpec, out_names: list[str]) -> dict[str, dict[int, str]]:
     axes: dict[str, dict[int, str]] = {}
     for t in comp.inputs + comp.outputs:
@@ -415,22 +415,3 @@ def _strip_wrapper_prefix(graph) -> None:
     for coll in (graph.initializer, graph.value_info):
         for v in coll:
             v.name = values.get(v.name, v.name)
-
-
-def _validate(
-    module, comp: ComponentSpec, path: Path, feeds: dict[str, np.ndarray], out_names: list[str]
-) -> list[Validation]:
-    import onnxruntime as ort
-    import torch
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(out_names, feeds)
-    with torch.no_grad():
-        ref = module(*[torch.from_numpy(feeds[t.name]) for t in comp.inputs])
-    ref = ref if isinstance(ref, (tuple, list)) else (ref,)
-    vals = []
-    for name, g, r in zip(out_names, got, ref):
-        r = r.numpy()
-        max_abs = float(np.abs(g - r).max())
-        vals.append(Validation(name, max_abs, max_abs / max(float(np.abs(r).max()), 1e-12), comp.atol))
-    return vals

@@ -47,6 +47,72 @@ def _config_value(configs: dict[str, dict[str, Any]], comp: str, key: str) -> in
     return int(v[-1] if isinstance(v, (list, tuple)) else v)
 
 
+# transformers gives a tokenizer without a length of its own a huge "no limit" sentinel (1e30)
+NO_LIMIT = 1024
+# each text encoder with the tokenizer that feeds it (SDXL has two pairs)
+TEXT_PAIRS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
+
+
+def text_sequence_length(model: str, encoders: dict[str, dict[str, Any]], tokenizers: dict[str, int | None]) -> int:
+    """The token sequence length the text encoder(s) are exported for, from the model's own configs.
+
+    ``encoders``: text encoder name -> its config; ``tokenizers``: tokenizer name -> its
+    ``model_max_length`` (``None`` where the pipeline has no such tokenizer). Each tokenizer pads and
+    truncates prompts to its own length, which must fit its encoder's ``max_position_embeddings``; a
+    tokenizer without a length (transformers' "no limit" sentinel) takes its encoder's. SDXL
+    concatenates both encoders' hidden states token by token, so both pairs must come to one length.
+    A model edgeq cannot take is refused with an :class:`EdgeqError` that says why.
+    """
+    lengths: dict[str, int] = {}
+    for enc, tok in TEXT_PAIRS:
+        if enc not in encoders:
+            continue
+        cfg = encoders[enc] or {}
+        given = tokenizers.get(tok)
+        if given is None:
+            raise EdgeqError(
+                f"{model} has a {enc} but no {tok} to feed it",
+                f"add the {enc}'s tokenizer folder ({tok}/) to the model",
+            )
+        tok_len = int(given)
+        raw = cfg.get("max_position_embeddings")
+        positions = int(raw) if raw is not None else None
+        if tok_len > NO_LIMIT:
+            if positions is None:
+                raise EdgeqError(
+                    f"{model}: neither {tok} (no model_max_length) nor {enc} (no max_position_embeddings) "
+                    "says how many tokens a prompt has",
+                    f"set model_max_length in {tok}/tokenizer_config.json",
+                )
+            tok_len = positions
+        elif positions is not None and tok_len > positions:
+            raise EdgeqError(
+                f"{model}: {tok} makes prompts of {tok_len} tokens (model_max_length) but {enc} has only "
+                f"{positions} positions (max_position_embeddings)",
+                f"set model_max_length in {tok}/tokenizer_config.json to at most {positions}, "
+                f"or use the tokenizer that belongs to this {enc}",
+            )
+        if tok_len < 2:
+            raise EdgeqError(
+                f"{model}: {tok} makes prompts of {tok_len} tokens (model_max_length); a prompt needs at least "
+                "its start and end tokens",
+                f"set model_max_length in {tok}/tokenizer_config.json to the {enc}'s length",
+            )
+        lengths[enc] = tok_len
+    if not lengths:
+        raise EdgeqError(
+            f"{model} has no text encoder", "edgeq handles text-to-image pipelines with a CLIP text encoder"
+        )
+    if len(set(lengths.values())) > 1:
+        said = " and ".join(f"{enc} takes {n} tokens" for enc, n in lengths.items())
+        raise EdgeqError(
+            f"{model}: {said}; the UNet reads both encoders' hidden states joined token by token, "
+            "so they must take the same length",
+            "set the same model_max_length in tokenizer/ and tokenizer_2/tokenizer_config.json",
+        )
+    return next(iter(lengths.values()))
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
     """One exported graph: folder name, which diffusers module it comes from, and its IO."""
@@ -75,7 +141,6 @@ class ModelSpec:
     prediction_type: str  # epsilon | v_prediction
     latent_channels: int = 4
     vae_scale_factor: int = 8
-    max_length: int = 77
     embedded: str | None = None  # package-relative folder with bundled weights
     calibration_data: str = "sd15"  # folder in calibration_data/
     # build defaults, sized so a CPU-only machine finishes a build in about half an hour: the FP32

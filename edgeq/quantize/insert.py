@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeq.profiles import ComponentPolicy
 from edgeq.quantize.policy import Decision
-from edgeq.quantize.profile import ComponentPolicy
 
 WEIGHTS_FILE = "model.onnx_data"
 # Bumped whenever the Q/DQ graphs this module writes change, so cached quantized graphs are redone.

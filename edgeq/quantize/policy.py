@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from edgeq.quantize.profile import ComponentPolicy
+from edgeq.profiles import ComponentPolicy
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Decision:
     reason: str
 
 
-def _constant_names(graph: onnx.GraphProto) -> set[str]:
+def constant_names(graph: onnx.GraphProto) -> set[str]:
     """Initializers and outputs of Constant nodes (and of Transposes/Casts/Identity of them)."""
     const = {i.name for i in graph.initializer}
     for n in graph.node:
@@ -37,7 +37,7 @@ def _constant_names(graph: onnx.GraphProto) -> set[str]:
 
 def decide(graph: onnx.GraphProto, policy: ComponentPolicy) -> list[Decision]:
     """A decision for every node whose op type the policy names, in graph order."""
-    const = _constant_names(graph)
+    const = constant_names(graph)
     out = []
     for n in graph.node:
         if n.op_type not in policy.op_types:
@@ -76,7 +76,7 @@ def tensors_to_calibrate(
     With ``split_concat_convs``, also the inputs of the Concat a quantized Conv reads: shortcut
     splitting chooses from their ranges (edgeq.quantize.split).
     """
-    const = _constant_names(graph)
+    const = constant_names(graph)
     chosen = {d.node for d in decisions if d.quantized}
     halves: dict[str, tuple[str, ...]] = {}
     if policy is not None and policy.split_concat_convs:

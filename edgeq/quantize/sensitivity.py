@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from edgeq.calibrate.collect import augmented_session, dynamic_batch
 from edgeq.calibrate.histogram import _qparams
-from edgeq.quantize.policy import Decision, _constant_names
-from edgeq.quantize.profile import ComponentPolicy
+from edgeq.profiles import ComponentPolicy
+from edgeq.quantize.policy import Decision, constant_names
 
 GATES = "edgeq_gates"
 _NP = {"uint8": np.uint8, "int8": np.int8, "uint16": np.uint16, "int16": np.int16}
@@ -136,7 +136,7 @@ def switchable_model(fp32_path: Path, decisions: list[Decision], policy: Compone
     """Every quantized node of ``decisions`` fake-quantized behind its own gate (module docstring)."""
     model = onnx.load(str(fp32_path), load_external_data=True)
     g = model.graph
-    const = _constant_names(g)
+    const = constant_names(g)
     inits = {i.name: i for i in g.initializer}
     chosen = [d.node for d in decisions if d.quantized]
     index = {n: i for i, n in enumerate(chosen)}

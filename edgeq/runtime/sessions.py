@@ -56,7 +56,7 @@ class GroupedRunner:
     """Per-group UNet graphs: each call runs the graph of the group whose timestep interval is nearest."""
 
     def __init__(self, runners: list[tuple[Runner, dict]]):
-        from edgeq.calibrate.grouping import group_for
+        from edgeq.runtime.groups import group_for
 
         self._group_for = group_for
         self.groups = [g for _, g in runners]
@@ -72,7 +72,7 @@ class GainsRunner:
     (``edgeq_gains``, see :mod:`edgeq.quantize.gains`), chosen by the same nearest-interval rule."""
 
     def __init__(self, runner: Runner, gains: dict):
-        from edgeq.calibrate.grouping import group_for
+        from edgeq.runtime.groups import group_for
 
         self._group_for = group_for
         self.runner = runner

@@ -1,90 +1,102 @@
-"""The target registry: one entry per backend, its module imported only when it is used.
+"""The target registry: one place that maps target names to their implementation.
 
-A new target is one module in this package plus one line here.
+Built-in targets are modules of this package, imported only when used (``import openvino`` or
+``import tensorrt`` never happens at CLI start-up). Others come from :func:`register`, from the
+``edgeq.targets`` entry-point group of an installed package, or from a folder a profile names
+(``plugin = "<folder>"``): a new target is one folder plus one profile.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
-from dataclasses import dataclass
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from edgeq.errors import EdgeqError
 
-@dataclass(frozen=True)
-class TargetInfo:
-    name: str
-    description: str
-    module: str  # edgeq.targets.<module>, imported lazily
-    runtime: str  # the Python package that runs it
-    install: str  # how to get that package
-    implemented: bool
+if TYPE_CHECKING:
+    from edgeq.targets.base import Target
 
-    def runtime_installed(self) -> bool:
-        return importlib.util.find_spec(self.runtime) is not None
-
-    @property
-    def needs_runtime_to_build(self) -> bool:
-        """TensorRT builds its ONNX and CPU-simulated checks without TensorRT; engines need it."""
-        return self.name != "tensorrt"
-
-
-TARGETS: dict[str, TargetInfo] = {
-    t.name: t
-    for t in (
-        TargetInfo(
-            "ort-cpu",
-            "ONNX Runtime on x86/ARM CPUs (W8A8 Q/DQ, U8S8)",
-            "ort_cpu",
-            "onnxruntime",
-            "pip install onnxruntime",
-            True,
-        ),
-        TargetInfo(
-            "ort-mobile",
-            "ONNX Runtime mobile: .ort + reduced-build operator config, XNNPACK W8A8, static shapes",
-            "ort_mobile",
-            "onnxruntime",
-            "pip install onnxruntime",
-            True,
-        ),
-        TargetInfo(
-            "ort-mobile-qnn",
-            "ONNX Runtime mobile for Qualcomm NPUs (QNN EP): .ort, W8A16, static shapes",
-            "ort_mobile",
-            "onnxruntime",
-            "pip install onnxruntime",
-            True,
-        ),
-        TargetInfo(
-            "openvino",
-            "OpenVINO IR for Intel/AMD CPUs, GPUs and NPUs",
-            "openvino",
-            "openvino",
-            "pip install 'edgeq[openvino]'",
-            True,
-        ),
-        TargetInfo(
-            "tensorrt",
-            "TensorRT INT8 engines for NVIDIA GPUs (Jetson included)",
-            "tensorrt",
-            "tensorrt",
-            "pip install 'edgeq[tensorrt]' (needs an NVIDIA GPU to build engines)",
-            True,
-        ),
-    )
+# target name -> module defining it (its ``TARGET`` attribute is the class)
+BUILTIN = {
+    "ort-cpu": "edgeq.targets.ort_cpu",
+    "ort-mobile": "edgeq.targets.ort_mobile",
+    "openvino": "edgeq.targets.openvino",
+    "tensorrt": "edgeq.targets.tensorrt",
 }
+_REGISTERED: dict[str, type[Target]] = {}
 
 
-def get_target(name: str):
-    """The target's module (imported now), or a clear error when it is unknown or its runtime is missing."""
-    import importlib
+def register(cls: type[Target]) -> type[Target]:
+    """Make ``cls`` available under ``cls.name`` (usable as a class decorator)."""
+    _REGISTERED[cls.name] = cls
+    return cls
 
-    from edgeq.errors import EdgeqError
 
-    info = TARGETS.get(name)
-    if info is None:
-        raise EdgeqError(f"unknown target '{name}'", f"targets: {', '.join(TARGETS)}")
-    if not info.implemented:
-        raise EdgeqError(f"the '{name}' target is not implemented yet", "see `edgeq targets`; ort-cpu works today")
-    if info.needs_runtime_to_build and not info.runtime_installed():
-        raise EdgeqError(f"the '{name}' target needs {info.runtime}, which is not installed", info.install)
-    return importlib.import_module(f"edgeq.targets.{info.module}")
+def load_plugin(folder: Path) -> type[Target]:
+    """Import a target from a folder (its ``__init__.py`` defines ``TARGET``) and register it."""
+    init = folder / "__init__.py"
+    if not init.is_file():
+        raise EdgeqError(f"target plugin folder {folder} has no __init__.py", "put the Target subclass there")
+    mod_name = "edgeq_plugin_" + "".join(c if c.isalnum() else "_" for c in str(folder.resolve()))
+    if mod_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(mod_name, init, submodule_search_locations=[str(folder)])
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            del sys.modules[mod_name]
+            raise
+    cls = getattr(sys.modules[mod_name], "TARGET", None)
+    if cls is None:
+        raise EdgeqError(f"target plugin {init} defines no TARGET", "set TARGET = <your Target subclass>")
+    return register(cls)
+
+
+def _entry_points() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group="edgeq.targets")}
+
+
+def names() -> list[str]:
+    """Every known target name (built-in, registered, installed plugins)."""
+    return sorted(set(BUILTIN) | set(_REGISTERED) | set(_entry_points()))
+
+
+def target_class(name: str, plugin: Path | None = None) -> type[Target]:
+    """The class of target ``name`` (importing its module now)."""
+    if plugin is not None:
+        cls = load_plugin(plugin)
+        if cls.name != name:
+            raise EdgeqError(f"plugin {plugin} defines target {cls.name!r}, the profile names {name!r}")
+        return cls
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    module = BUILTIN.get(name) or _entry_points().get(name)
+    if module is None:
+        raise EdgeqError(f"unknown target '{name}'", f"targets: {', '.join(names())}")
+    cls = importlib.import_module(module.split(":")[0]).TARGET
+    return register(cls)
+
+
+def get_target(profile_or_name) -> Target:
+    """The target of a profile (or a profile name), ready to use: a clear error when its runtime is missing."""
+    from edgeq.profiles import load_profile
+
+    profile = load_profile(profile_or_name) if isinstance(profile_or_name, str) else profile_or_name
+    cls = profile.target_class()
+    if cls.needs_runtime_to_build and not cls.runtime_installed():
+        raise EdgeqError(f"the '{profile.name}' target needs {cls.runtime}, which is not installed", cls.install)
+    return cls(profile)
+
+
+def for_manifest(manifest: dict) -> Target:
+    """The target a build folder was made for (from its manifest), to run or check it."""
+    from edgeq.profiles import profile_from_manifest
+
+    return get_target(profile_from_manifest(manifest))

@@ -44,10 +44,10 @@ def onnx_layout(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tupl
     their weights) stay in the temporary folder, which the caller removes after converting them.
     Returns (temporary folder, moved files, ONNX Runtime's component entries).
     """
-    from edgeq.targets import ort_cpu
+    from edgeq.targets.ort_cpu import package_onnx
 
     tmp = stage / ".onnx"
-    onnx_files, comps = ort_cpu.package(ctx, tmp, unet, mode, vae_dir)
+    onnx_files, comps = package_onnx(ctx, tmp, unet, mode, vae_dir)
     graphs = {tmp / g["path"] for info in comps.values() for g in graphs_of(info)}
     files: list[Path] = []
     for f in onnx_files:

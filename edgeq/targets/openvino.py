@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeq.runtime.sessions import component_runner, one_or_grouped
+from edgeq.targets.base import Target
 from edgeq.targets.common import graphs_of, onnx_layout
 
 COMPUTE_LAYERS = ("Convolution", "MatMul", "FullyConnected", "GroupConvolution", "Deconvolution")
@@ -26,6 +28,24 @@ COMPUTE_LAYERS = ("Convolution", "MatMul", "FullyConnected", "GroupConvolution",
 
 def compiled_cache_dir() -> Path:
     return Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq")) / "openvino"
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """The profile's ``[openvino]`` section: where and how the compiled models run."""
+
+    device: str = field(default="CPU", metadata={"help": "OpenVINO device (CPU is tested; GPU, NPU pass through)"})
+    inference_precision: str = field(
+        default="f32",
+        metadata={
+            "choices": ("f32", "bf16", "f16"),
+            "help": "precision of everything that is not int8 (OpenVINO would pick bf16 by itself where it can)",
+        },
+    )
+    performance_hint: str = field(
+        default="LATENCY",
+        metadata={"choices": ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"), "help": "OpenVINO performance hint"},
+    )
 
 
 def _options(ctx_or_info: dict[str, Any]) -> dict[str, str]:
@@ -86,9 +106,10 @@ def _convert(src: Path, xml: Path) -> None:
     ov.save_model(ov.convert_model(str(src)), str(xml), compress_to_fp16=False)
 
 
-def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
+def package(
+    ctx, stage: Path, unet, mode: str, vae_dir: Path | None, opts: dict[str, str]
+) -> tuple[list[Path], dict[str, Any]]:
     """The ONNX Runtime layout first (in a temporary folder), then every graph converted to IR."""
-    opts = _options(ctx.profile.runtime_options)
     tmp, files, onnx_comps = onnx_layout(ctx, stage, unet, mode, vae_dir)
     comps: dict[str, Any] = {}
     for name, info in onnx_comps.items():
@@ -124,19 +145,34 @@ def _runner(build: Path, info: dict[str, Any]):
     return component_runner(lambda p: OpenVinoRunner(p, **opts), build, info)
 
 
-def float_runner(path: Path, manifest: dict[str, Any]):
-    """The FP32 baseline for benchmarks: the same OpenVINO device with the f32 hint (never bf16 by default)."""
-    opts = _options(manifest["components"]["unet"].get("openvino", {}))
-    return OpenVinoRunner(
-        path, device=opts["device"], inference_precision="f32", performance_hint=opts["performance_hint"]
-    )
+class OpenVinoTarget(Target):
+    name = "openvino"
+    description = "OpenVINO IR for Intel/AMD CPUs, GPUs and NPUs"
+    runtime = "openvino"
+    install = "pip install 'edgeq[openvino]'"
+    section = "openvino"
+    Options = OpenVinoOptions
+
+    def _opts(self) -> dict[str, str]:
+        return _options(asdict(self.options))
+
+    def package(self, ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
+        return package(ctx, stage, unet, mode, vae_dir, self._opts())
+
+    def runners(self) -> dict[str, Any]:
+        return {"openvino": _runner}
+
+    def float_runner(self, path: Path, manifest: dict[str, Any]):
+        """The same OpenVINO device with the f32 hint (never bf16 by default)."""
+        opts = _options(manifest["components"]["unet"].get("openvino", {}))
+        return OpenVinoRunner(
+            path, device=opts["device"], inference_precision="f32", performance_hint=opts["performance_hint"]
+        )
+
+    def unet_runner(self, ctx, graphs: list[tuple[Path, dict]]):
+        """The checks run UNet variants with OpenVINO too (it reads the Q/DQ ONNX with the same frontend)."""
+        opts = self._opts()
+        return one_or_grouped([(OpenVinoRunner(p, **opts), g) for p, g in graphs])
 
 
-def runners() -> dict[str, Any]:
-    return {"openvino": _runner}
-
-
-def unet_runner(ctx, graphs: list[tuple[Path, dict]]):
-    """The checks run UNet variants with OpenVINO too (it reads the Q/DQ ONNX with the same frontend)."""
-    opts = _options(ctx.profile.runtime_options)
-    return one_or_grouped([(OpenVinoRunner(p, **opts), g) for p, g in graphs])
+TARGET = OpenVinoTarget

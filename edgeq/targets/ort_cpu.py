@@ -14,12 +14,34 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgeq.quantize.gains import GAINS_FILE
+from edgeq.targets.base import Target
 from edgeq.targets.common import copy_component, copy_pipeline_files
 
 
-def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
-    """Write the deployable folder; returns its artifacts and the manifest's component entries."""
+class OrtCpuTarget(Target):
+    name = "ort-cpu"
+    description = "ONNX Runtime on x86/ARM CPUs (W8A8 Q/DQ, U8S8)"
+    runtime = "onnxruntime"
+    install = "pip install onnxruntime"
+
+    def package(self, ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
+        return package_onnx(ctx, stage, unet, mode, vae_dir)
+
+    def unet_runner(self, ctx, graphs: list[tuple[Path, dict]]):
+        """The checks run UNet variants (Q/DQ ONNX graphs) with ONNX Runtime."""
+        from edgeq.runtime.sessions import OrtRunner, one_or_grouped
+
+        return one_or_grouped([(OrtRunner(p), g) for p, g in graphs])
+
+
+TARGET = OrtCpuTarget
+
+
+def package_onnx(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
+    """ONNX Runtime's deployable folder (the layout converting targets start from, too); returns its
+    artifacts and the manifest's component entries."""
+    from edgeq.quantize.gains import GAINS_FILE
+
     em = ctx.export_manifest
     files = copy_pipeline_files(ctx.export_dir, em, stage)
     components: dict[str, Any] = {}
@@ -68,14 +90,3 @@ def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[li
         components[name] = base
     return files, components
 
-
-def runners() -> dict[str, Any]:
-    """Runner factories by manifest runtime name: ONNX Runtime's are the pipeline's defaults."""
-    return {}
-
-
-def unet_runner(ctx, graphs: list[tuple[Path, dict]]):
-    """How the checks run a UNet variant (Q/DQ ONNX graphs) on this target: ONNX Runtime."""
-    from edgeq.runtime.sessions import OrtRunner, one_or_grouped
-
-    return one_or_grouped([(OrtRunner(p), g) for p, g in graphs])

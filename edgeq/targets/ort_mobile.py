@@ -47,6 +47,7 @@ from typing import Any
 
 from edgeq.errors import EdgeqError
 from edgeq.runtime.sessions import component_runner, one_or_grouped
+from edgeq.targets.base import Target
 from edgeq.targets.common import graphs_of, onnx_layout
 
 RUNTIME = "onnxruntime-ort"  # manifest runtime name: ORT-format graphs on ONNX Runtime
@@ -61,29 +62,20 @@ INSTALL = "pip install --upgrade onnxruntime flatbuffers"
 class MobileOptions:
     """The profile's ``[onnxruntime]`` section: how to convert, and how the device should run it."""
 
-    execution_providers: tuple[str, ...] = ("XNNPACK", "CPU")  # recorded for the app; checks use CPU
-    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)  # per EP, recorded
-    optimization_level: str = "extended"  # basic | extended | all (see the module docstring)
-    target_platform: str = "arm"  # arm | amd64: ORT converter's --target_platform
-
-
-def mobile_options(profile) -> MobileOptions:
-    raw = dict(profile.runtime_options)
-    where = f"{profile.path}: [{profile.runtime}]"
-    unknown = set(raw) - set(MobileOptions.__dataclass_fields__)
-    if unknown:
-        raise EdgeqError(
-            f"{where} has unknown keys: {', '.join(sorted(unknown))}",
-            f"known: {', '.join(MobileOptions.__dataclass_fields__)}",
-        )
-    if "execution_providers" in raw:
-        raw["execution_providers"] = tuple(raw["execution_providers"])
-    opts = MobileOptions(**raw)
-    if opts.optimization_level not in LEVELS:
-        raise EdgeqError(f"{where} optimization_level {opts.optimization_level!r} is not one of {', '.join(LEVELS)}")
-    if opts.target_platform not in PLATFORMS:
-        raise EdgeqError(f"{where} target_platform {opts.target_platform!r} is not one of {', '.join(PLATFORMS)}")
-    return opts
+    execution_providers: tuple[str, ...] = field(
+        default=("XNNPACK", "CPU"),
+        metadata={"help": "execution providers the app should use (recorded; checks use CPU)"},
+    )
+    provider_options: dict[str, dict[str, str]] = field(
+        default_factory=dict, metadata={"help": "options per execution provider (recorded)"}
+    )
+    optimization_level: str = field(
+        default="extended",
+        metadata={"choices": LEVELS, "help": "ORT converter's optimization level (see the module docstring)"},
+    )
+    target_platform: str = field(
+        default="arm", metadata={"choices": PLATFORMS, "help": "ORT converter's --target_platform"}
+    )
 
 
 # -- the 2 GB limit -------------------------------------------------------------------------------
@@ -289,9 +281,10 @@ def parse_usability(lines: list[str]) -> dict[str, dict[str, Any]]:
 
 
 # -- packaging --------------------------------------------------------------------------------------
-def package(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
+def package(
+    ctx, stage: Path, unet, mode: str, vae_dir: Path | None, opts: MobileOptions
+) -> tuple[list[Path], dict[str, Any]]:
     """The ONNX Runtime layout first (in a temporary folder), then every graph converted to ``.ort``."""
-    opts = mobile_options(ctx.profile)
     tmp, files, onnx_comps = onnx_layout(ctx, stage, unet, mode, vae_dir)  # the converter sees graphs only
     checks: dict[str, dict[str, Any]] = {}
     flavours: dict[str, dict[str, int]] = {}
@@ -362,27 +355,11 @@ def _runner(build: Path, info: dict[str, Any]):
     return component_runner(OrtFormatRunner, build, info)
 
 
-def runners() -> dict[str, Any]:
-    return {RUNTIME: _runner}
-
-
-def unet_runner(ctx, graphs: list[tuple[Path, dict]]):
+def unet_runner(ctx, graphs: list[tuple[Path, dict]], opts: MobileOptions):
     """The checks run UNet variants as ``.ort`` files: each variant's folder converted once, cached."""
-    import hashlib
-    import json
-
-    from onnxruntime import __version__ as ort_version
-
-    opts = mobile_options(ctx.profile)
     src = graphs[0][0].parent
-    key = hashlib.sha256(
-        json.dumps([str(src.resolve()), opts.optimization_level, opts.target_platform, ort_version]).encode()
-    ).hexdigest()[:16]
-    root = ctx.cache / f"ort-format-{key}"
-    if not (root / "done").is_file():
-        shutil.rmtree(root, ignore_errors=True)
-        part = ctx.cache / f".ort-format-{key}.partial"
-        shutil.rmtree(part, ignore_errors=True)
+
+    def make(part: Path) -> None:
         onnx_dir = part / "onnx"
         onnx_dir.mkdir(parents=True)
         for p in sorted(src.iterdir()):  # the graphs and their weights only: the converter takes every .onnx
@@ -395,6 +372,28 @@ def unet_runner(ctx, graphs: list[tuple[Path, dict]]):
                     shutil.copy2(p, onnx_dir / p.name)
         convert(onnx_dir, part / "ort", opts)
         shutil.rmtree(onnx_dir)
-        (part / "done").write_text("ok\n")
-        os.replace(part, root)
+
+    stage = (str(src.resolve()), opts.optimization_level, opts.target_platform)
+    root = ctx.stages.folder("ort-format", *stage, make=make)
     return one_or_grouped([(OrtFormatRunner(root / "ort" / Path(p.name).with_suffix(".ort")), g) for p, g in graphs])
+
+
+class OrtMobileTarget(Target):
+    name = "ort-mobile"
+    description = "ONNX Runtime mobile: .ort + reduced-build operator config, static shapes (XNNPACK, QNN, ...)"
+    runtime = "onnxruntime"
+    install = "pip install onnxruntime"
+    section = "onnxruntime"
+    Options = MobileOptions
+
+    def package(self, ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
+        return package(ctx, stage, unet, mode, vae_dir, self.options)
+
+    def runners(self) -> dict[str, Any]:
+        return {RUNTIME: _runner}
+
+    def unet_runner(self, ctx, graphs: list[tuple[Path, dict]]):
+        return unet_runner(ctx, graphs, self.options)
+
+
+TARGET = OrtMobileTarget

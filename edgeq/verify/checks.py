@@ -8,7 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgeq.calibrate.capture import Capture
-from edgeq.calibrate.grouping import group_for
+from edgeq.runtime.groups import group_for
 from edgeq.runtime.sessions import Runner
 from edgeq.verify.metrics import cosine, psnr_db, sqnr_db, ssim
 

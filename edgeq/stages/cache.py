@@ -1,0 +1,110 @@
+"""One cache protocol for every stage: a key from typed inputs and library versions, an atomic
+write, a completion marker, reuse, and the stage's time, all in one place.
+
+A stage's result lives under the build cache folder as ``<stage>-<key>`` (a folder with a
+``done`` marker, or a single file). The key hashes the stage name, its format version, the
+libraries that decide its bytes and every input (dataclasses and paths included), so a rerun
+with the same inputs reuses the result and anything else gets a fresh one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from edgeq.fsutil import write_json
+
+MARKER = "done"
+# bump a stage's version when its output format or algorithm changes
+VERSIONS = {"smooth": 1, "ranges": 2, "mixed": 2, "macs": 1, "split": 1, "quant": 3, "stats": 1, "trt-sim": 1}
+
+
+def _plain(x: Any) -> Any:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return x.to_dict() if hasattr(x, "to_dict") else dataclasses.asdict(x)
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, (set, frozenset)):
+        return sorted(x)
+    return str(x)
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (dataclasses, paths and sets included)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=_plain).encode()).hexdigest()[:16]
+
+
+def _libraries() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for lib in ("onnx", "onnxruntime", "numpy"):
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class StageCache:
+    """The cache folder of one build, and the timings of the stages that ran against it."""
+
+    def __init__(self, root: Path, log: Callable[[str], None] = print):
+        self.root = root
+        self.log = log
+        self.timings: dict[str, float] = {}
+        self._libs = _libraries()
+
+    def key(self, stage: str, *inputs: Any) -> str:
+        return digest(stage, VERSIONS.get(stage, 0), self._libs, inputs)
+
+    def path(self, stage: str, *inputs: Any, suffix: str = "") -> Path:
+        return self.root / f"{stage}-{self.key(stage, *inputs)}{suffix}"
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.time() - t0, 1)
+
+    def folder(self, stage: str, *inputs: Any, make: Callable[[Path], None]) -> Path:
+        """``<stage>-<key>/``: reused when complete, else ``make(tmp)`` fills a temporary folder that
+        is renamed into place with its marker (an interrupted stage leaves nothing that looks done)."""
+        dst = self.path(stage, *inputs)
+        if (dst / MARKER).is_file():
+            return dst
+        tmp = dst.with_name(f".{dst.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        make(tmp)
+        (tmp / MARKER).write_text("ok\n")
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+        return dst
+
+    def file(self, stage: str, *inputs: Any, suffix: str, make: Callable[[Path], None]) -> Path:
+        """``<stage>-<key><suffix>``: reused when present, else ``make(tmp)`` writes it and it is renamed."""
+        dst = self.path(stage, *inputs, suffix=suffix)
+        if dst.is_file():
+            self.log(f"reusing {dst.name}")
+            return dst
+        tmp = dst.with_name(f".{dst.stem}.partial{suffix}")
+        tmp.unlink(missing_ok=True)
+        make(tmp)
+        os.replace(tmp, dst)
+        return dst
+
+    def json(self, stage: str, *inputs: Any, make: Callable[[], Any]) -> Any:
+        """A JSON result: ``make()`` once, then read back (the same object either way)."""
+        path = self.file(stage, *inputs, suffix=".json", make=lambda tmp: write_json(tmp, make()))
+        return json.loads(path.read_text())

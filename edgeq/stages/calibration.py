@@ -1,0 +1,185 @@
+"""Capture and statistics: the calibration trajectories, and per-step histograms per component.
+
+Capture runs the FP32 pipeline over the plan's prompts (cached per settings, resumable per
+prompt shard). Statistics stream every captured call through ONNX Runtime in a child process and
+keep one histogram per tensor and step (:mod:`edgeq.calibrate.collect`); the result is a frozen
+:class:`ComponentStats` per component.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edgeq.calibrate.capture import Capture, CaptureSettings, capture
+from edgeq.calibrate.collect import Stats, collect
+from edgeq.errors import EdgeqError
+from edgeq.quantize.policy import Decision, decide, tensors_to_calibrate
+from edgeq.stages.config import HELDOUT_SEED
+from edgeq.stages.context import Context
+
+COMPONENTS = ("unet", "vae_decoder", "text_encoder")
+
+
+def capture_set(ctx: Context, which: str) -> Capture:
+    """The calibration or held-out trajectories (``which``), captured once per settings."""
+    p = ctx.export.pipeline
+    seed = ctx.plan.seed if which == "calibration" else HELDOUT_SEED
+    settings = CaptureSettings(
+        tuple(ctx.prompts(which)), seed, p["steps"], p["guidance"], p["scheduler"], source=ctx.export.key
+    )
+    with ctx.stages.timed(f"capture_{which}_s"):
+        return capture(
+            ctx.export.folder, ctx.stages.path(f"capture-{which}", asdict(settings)), settings, f"capture {which}"
+        )
+
+
+@dataclass(frozen=True)
+class ComponentStats:
+    """One component's quantization candidates and the statistics of the tensors they read."""
+
+    name: str
+    policy: Any  # edgeq.profiles.ComponentPolicy
+    decisions: tuple[Decision, ...]
+    tensors: tuple[str, ...]
+    stats: Stats
+    source: Path | None = None  # the graph the statistics ran on (SmoothQuant's copy, or the export)
+    smoothing: dict | None = None  # what the SmoothQuant measurement chose, and why
+    stats_file: Path | None = None  # where ``stats`` is cached (None: not saved, e.g. a float component)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the histograms themselves, which live in ``stats_file``."""
+        return {
+            "name": self.name,
+            "policy": asdict(self.policy),
+            "decisions": [asdict(d) for d in self.decisions],
+            "tensors": list(self.tensors),
+            "stats_file": None if self.stats_file is None else str(self.stats_file),
+            "source": None if self.source is None else str(self.source),
+            "smoothing": self.smoothing,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ComponentStats:
+        from edgeq.profiles.schema import ComponentPolicy, Where, validate
+
+        policy = validate(ComponentPolicy, d["policy"], Where("stage record", d["name"]))
+        stats = Stats.load(Path(d["stats_file"])) if d["stats_file"] else Stats([], [])
+        return cls(
+            d["name"],
+            policy,
+            tuple(Decision(**x) for x in d["decisions"]),
+            tuple(d["tensors"]),
+            stats,
+            Path(d["source"]) if d["source"] else None,
+            d["smoothing"],
+            Path(d["stats_file"]) if d["stats_file"] else None,
+        )
+
+    @property
+    def quantized(self) -> bool:
+        return self.policy.mode == "int8"
+
+    def with_extra(self, extra: Stats) -> ComponentStats:
+        """The same component with statistics of more tensors (the split Convs' own outputs)."""
+        new = [t for t in extra.tensors if t not in self.stats.tensors]
+        stats = Stats(self.stats.tensors + new, self.stats.timesteps, {**self.stats.hists, **extra.hists})
+        tensors = self.tensors + tuple(t for t in extra.tensors if t not in self.tensors)
+        return replace(self, stats=stats, tensors=tensors, stats_file=None)  # merged in memory, no one file
+
+
+def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentStats]:
+    """Streaming statistics for every component the profile quantizes (UNet per step, VAE once)."""
+    import onnx
+
+    from edgeq.stages.smoothing import choose_smoothing
+
+    out = {}
+    for name in COMPONENTS:
+        policy = ctx.profile.policy(name)
+        if not ctx.export.has(name):
+            continue
+        path = ctx.export.path(name)
+        graph = onnx.load(str(path), load_external_data=False).graph
+        decisions = tuple(decide(graph, policy))
+        if policy.mode != "int8":
+            out[name] = ComponentStats(name, policy, decisions, (), Stats([], []))
+            continue
+        if name == "text_encoder":
+            raise EdgeqError("quantizing the text encoder is not supported yet", 'set [text_encoder] mode = "float"')
+        tensors = tuple(tensors_to_calibrate(graph, list(decisions), policy))
+        limit = ctx.plan.calib_calls if name == "unet" else None
+        if limit is not None and limit >= len(cap):
+            limit = None
+        smoothing = None
+        if name == "unet" and policy.smoothquant:
+            path, smoothing = choose_smoothing(ctx, cap, policy, decisions, tensors, log)
+        with ctx.stages.timed(f"statistics_{name}_s"):
+            stats_path = ctx.stages.file(
+                f"stats-{name}",
+                str(cap.folder),
+                tensors,
+                ctx.export.key,
+                limit,
+                smoothing,
+                suffix=".npz",
+                make=lambda tmp, path=path, name=name, tensors=tensors, limit=limit: collect_isolated(
+                    path, list(tensors), cap, name, tmp, limit
+                ),
+            )
+            stats = Stats.load(stats_path)
+        out[name] = ComponentStats(name, policy, decisions, tensors, stats, path, smoothing, stats_path)
+    return out
+
+
+def _collect_child(
+    path: Path, tensors: list[str], cap: Capture, name: str, out: Path, err: Path, limit: int | None
+) -> None:
+    """Child process body of :func:`collect_isolated`."""
+    try:
+        if name == "unet":
+            samples = ((s.step, s.feeds) for s in cap.unet_samples(limit))
+            total = len(cap) if limit is None else limit
+            stats = collect(path, tensors, samples, list(cap.timesteps), total, desc="statistics unet")
+        else:
+            samples = ((0, {"latent_sample": z}) for z in cap.vae_inputs())
+            stats = collect(path, tensors, samples, [0.0], len(cap.settings.prompts), desc=f"statistics {name}")
+        stats.save(out)
+    except EdgeqError as e:
+        err.write_text(json.dumps({"message": e.message, "hint": e.hint}))
+        raise SystemExit(2) from None
+
+
+def collect_isolated(
+    path: Path, tensors: list[str], cap: Capture, name: str, out: Path, limit: int | None = None
+) -> None:
+    """Statistics of ``name`` into ``out``, collected in a child process (``limit``: UNet calls used).
+
+    ONNX Runtime's session for the augmented graph holds the weights plus every requested activation
+    of one call (7.4 GB on the SD1.5 UNet). In one process that memory is not all given back, and
+    Q/DQ insertion (4.2 GB alone) stacked on it: 8.5 GB. A child returns it to the system, so a build's
+    peak is the larger of the two stages, not their sum.
+    """
+    import multiprocessing
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, err_name = tempfile.mkstemp(prefix=".stats-err-", suffix=".json", dir=out.parent)
+    os.close(fd)
+    err = Path(err_name)
+    try:
+        proc = multiprocessing.get_context("spawn").Process(
+            target=_collect_child, args=(path, tensors, cap, name, out, err, limit)
+        )
+        proc.start()
+        proc.join()
+        if err.stat().st_size:
+            e = json.loads(err.read_text())
+            raise EdgeqError(e["message"], e["hint"])
+        if proc.exitcode != 0 or not out.is_file():
+            raise RuntimeError(f"statistics of {name} failed in the child process (exit {proc.exitcode}); see above")
+    finally:
+        err.unlink(missing_ok=True)

@@ -1,0 +1,146 @@
+"""The build plan: every option, profile and preset default settled once, before any work.
+
+``BuildOptions`` is what the command line (or a caller) gives, ``None`` meaning "the default";
+:func:`resolve` loads the profile first (a bad profile fails in well under a second), then the
+model's weights and spec, and returns a frozen :class:`BuildPlan` that says what the build will do.
+``edgeq build ... --print-config`` prints it; its ``to_dict`` is recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import EdgeqError
+from edgeq.fsutil import ensure_writable_dir
+
+GROUP_MODES = ("shared", "per-group", "gains", "auto")
+GROUPINGS = ("uniform", "profile")
+HELDOUT_SEED = 100_000  # held-out images use seeds from here on; calibration uses --seed + index
+PATH_OPTIONS = ("out", "weights", "config_dir", "calib_prompts", "heldout_prompts", "cache_dir")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything `edgeq build` takes. None means: the target profile's or the preset's default."""
+
+    model: str
+    target: str = "ort-cpu"
+    out: Path | None = None
+    weights: Path | None = None
+    config_dir: Path | None = None
+    groups: int | None = None
+    group_mode: str | None = None
+    grouping: str | None = None
+    range_method: str | None = None
+    calib_prompts: Path | None = None
+    num_calib: int | None = None
+    calib_calls: int | None = None  # UNet calls the statistics use, spread over steps; None: the preset's
+    goal_sqnr_db: float | None = None  # mixed precision: worst-group UNet SQNR to reach; None: the profile's
+    heldout_prompts: Path | None = None
+    num_heldout: int | None = None
+    seed: int = 0
+    cache_dir: Path | None = None
+    onnx_only: bool = False  # engine targets (TensorRT): stop at the engine-ready ONNX and its checks
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BuildOptions:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: Path(v) if k in PATH_OPTIONS and v is not None else v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build does, resolved: the stage inputs that options, profile and preset decide."""
+
+    model: str
+    target: str  # the profile's name
+    profile: str  # the profile file
+    groups: int
+    group_mode: str
+    grouping: str
+    range_method: str | None  # None: each component's profile method
+    goal_sqnr_db: float | None  # mixed precision goal (None: off)
+    calib_prompts: str
+    num_calib: int
+    calib_calls: int | None  # None: every captured call
+    heldout_prompts: str
+    num_heldout: int
+    seed: int
+    cache_dir: str
+    out: str
+    onnx_only: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BuildPlan:
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+
+def _at_least(name: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise EdgeqError(f"--{name} must be at least {low}, got {value}")
+
+
+def resolve(opts: BuildOptions):
+    """The profile, weight source and plan of a build; nothing is exported or written yet."""
+    from edgeq.data import prompt_file
+    from edgeq.models.weights import resolve as resolve_weights
+    from edgeq.profiles import load_profile
+
+    profile = load_profile(opts.target)
+    cal = profile.calibration
+    groups = opts.groups if opts.groups is not None else cal.groups
+    mode = opts.group_mode or cal.group_mode
+    grouping = opts.grouping or cal.grouping
+    _at_least("groups", groups, 1)
+    if mode not in GROUP_MODES:
+        raise EdgeqError(f"--group-mode {mode!r} is not one of {', '.join(GROUP_MODES)}")
+    if grouping not in GROUPINGS:
+        raise EdgeqError(f"--grouping {grouping!r} is not one of {', '.join(GROUPINGS)}")
+    _at_least("calib-calls", opts.calib_calls, 1)
+    from edgeq.calibrate.histogram import RANGE_CHOICES
+
+    if opts.range_method and opts.range_method not in RANGE_CHOICES:
+        raise EdgeqError(f"--range-method {opts.range_method!r} is not one of {', '.join(RANGE_CHOICES)}")
+    _at_least("num-calib", opts.num_calib, 1)
+    _at_least("num-heldout", opts.num_heldout, 1)
+    source = resolve_weights(opts.model, opts.weights, opts.config_dir)
+    spec = source.spec
+    calib_calls = opts.calib_calls if opts.calib_calls is not None else spec.calib_calls
+    if calib_calls is not None and calib_calls < spec.steps:
+        raise EdgeqError(
+            f"--calib-calls {calib_calls} is fewer than the {spec.steps} denoising steps",
+            f"give at least {spec.steps}, so every step has statistics",
+        )
+    slug = spec.name.strip("./").replace("/", "_")
+    out = opts.out or Path("build") / f"{slug}-{profile.name}"
+    cache = opts.cache_dir or Path("build") / ".cache" / f"{slug}-{source.fingerprint()[:12]}"
+    if opts.out is not None:
+        ensure_writable_dir(opts.out)
+    plan = BuildPlan(
+        model=spec.name,
+        target=profile.name,
+        profile=str(profile.path),
+        groups=groups,
+        group_mode=mode,
+        grouping=grouping,
+        range_method=opts.range_method,
+        goal_sqnr_db=opts.goal_sqnr_db if opts.goal_sqnr_db is not None else profile.policy("unet").goal_sqnr_db,
+        calib_prompts=str(opts.calib_prompts or prompt_file(spec.calibration_data, "calibration")),
+        num_calib=opts.num_calib if opts.num_calib is not None else spec.num_calib,
+        calib_calls=calib_calls,
+        heldout_prompts=str(opts.heldout_prompts or prompt_file(spec.calibration_data, "heldout")),
+        num_heldout=opts.num_heldout if opts.num_heldout is not None else spec.num_heldout,
+        seed=opts.seed,
+        cache_dir=str(cache),
+        out=str(out),
+        onnx_only=opts.onnx_only,
+    )
+    return profile, source, plan

@@ -1,0 +1,95 @@
+"""The export stage and the context every later stage reads: plan, profile, FP32 export, cache.
+
+:func:`prepare` resolves the plan (profile first), then exports the FP32 pipeline or reuses it.
+The :class:`Export` is the stage-border object for the FP32 graphs: a folder and its manifest,
+with :meth:`Export.path` as the one way to find a component's graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeq.calibrate.capture import read_prompts
+from edgeq.fsutil import ensure_writable_dir
+from edgeq.stages.cache import StageCache
+from edgeq.stages.config import BuildOptions, BuildPlan, resolve
+
+
+@dataclass(frozen=True)
+class Export:
+    """The FP32 build folder (optimum's ONNX layout) and its manifest."""
+
+    folder: Path
+    manifest: dict[str, Any]
+
+    def path(self, component: str) -> Path:
+        return self.folder / self.manifest["components"][component]["path"]
+
+    def has(self, component: str) -> bool:
+        return component in self.manifest["components"]
+
+    @property
+    def key(self) -> str:
+        return self.manifest["cache_key"]
+
+    @property
+    def pipeline(self) -> dict[str, Any]:
+        return self.manifest["pipeline"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the stages of one build share. Targets read ``profile``, ``export_dir``,
+    ``export_manifest``, ``cache`` (the folder) and ``opts``."""
+
+    opts: BuildOptions
+    plan: BuildPlan
+    source: Any  # edgeq.models.weights.WeightSource
+    profile: Any  # edgeq.profiles.Profile
+    export: Export
+    stages: StageCache
+
+    @property
+    def spec(self):
+        return self.source.spec
+
+    @property
+    def cache(self) -> Path:
+        return self.stages.root
+
+    @property
+    def export_dir(self) -> Path:
+        return self.export.folder
+
+    @property
+    def export_manifest(self) -> dict[str, Any]:
+        return self.export.manifest
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.stages.timings
+
+    def prompts(self, which: str) -> list[str]:
+        """The first ``num_calib`` / ``num_heldout`` prompts of the plan's prompt file."""
+        p = self.plan
+        path, n = (p.calib_prompts, p.num_calib) if which == "calibration" else (p.heldout_prompts, p.num_heldout)
+        return read_prompts(Path(path))[:n]
+
+
+def prepare(opts: BuildOptions, log=print) -> Context:
+    """Resolve the plan (profile first), then export (or reuse) the FP32 build."""
+    from edgeq.frontend.export import ExportSettings, export
+
+    profile, source, plan = resolve(opts)
+    stages = StageCache(Path(plan.cache_dir), log)
+    ensure_writable_dir(stages.root)
+    ex = profile.export
+    settings = ExportSettings(opset=ex.opset, static=ex.static, batch=ex.batch, height=ex.height, width=ex.width)
+    folder = "fp32" + ("-static" if ex.static else "") + (f"-opset{ex.opset}" if ex.opset != 17 else "")
+    with stages.timed("export_s"):
+        res = export(source, stages.root / folder, settings, log=log)
+    from edgeq.manifest import read_manifest
+
+    return Context(opts, plan, source, profile, Export(res.folder, read_manifest(res.folder)), stages)

@@ -1,0 +1,65 @@
+"""Variant checks and selection: each UNet variant measured on held-out calls, one deployed.
+
+Shared, per-group and (where built) gains graphs run on the target's own runner; ``auto`` keeps
+grouping only where it gains ``auto_min_gain_db`` in the worst group, and prefers gains (one
+graph) within ``gains_tolerance_db`` of the per-group graphs.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Any
+
+from edgeq.calibrate.capture import Capture
+from edgeq.stages.context import Context
+from edgeq.stages.qdq import QuantizedUnet
+
+
+@dataclass(frozen=True)
+class VariantMetrics:
+    """UNet SQNR and cosine per timestep group, per variant, on held-out calls."""
+
+    rows: dict[str, list[dict[str, Any]]]  # variant -> one row per group
+
+    def worst(self, variant: str) -> float:
+        return min(r["sqnr_db"] for r in self.rows[variant])
+
+    def to_dict(self) -> dict[str, list[dict[str, Any]]]:
+        return dict(self.rows)
+
+
+def check_variants(ctx: Context, target, unet: QuantizedUnet, held: Capture) -> VariantMetrics:
+    from edgeq.runtime.sessions import GainsRunner, LazyRunner
+    from edgeq.verify.checks import unet_groups
+
+    groups = unet.group_dicts
+    fp32 = LazyRunner(ctx.export.path("unet"))
+    rows: dict[str, list[dict]] = {}
+    with ctx.stages.timed("check_unet_s"):
+        runner = target.unet_runner(ctx, [(unet.shared_dir / "model.onnx", groups[0])])
+        rows["shared"] = unet_groups(fp32, runner, held, groups, "check unet (shared)")
+        if unet.per_group_dir is not None:
+            graphs = [(unet.per_group_dir / f"model.g{i}.onnx", g) for i, g in enumerate(groups)]
+            runner = target.unet_runner(ctx, graphs)
+            rows["per-group"] = unet_groups(fp32, runner, held, groups, "check unet (per-group)")
+        if unet.gains_dir is not None:
+            runner = GainsRunner(target.unet_runner(ctx, [(unet.gains_dir / "model.onnx", groups[0])]), unet.plan.gains)
+            rows["gains"] = unet_groups(fp32, runner, held, groups, "check unet (gains)")
+        del fp32, runner  # a full-size UNet session holds gigabytes; the packaging and checks follow
+        gc.collect()
+    return VariantMetrics(rows)
+
+
+def choose_mode(ctx: Context, unet: QuantizedUnet, metrics: VariantMetrics) -> str:
+    """The variant to deploy, by the plan's group mode (``auto``: by the measurements)."""
+    if unet.per_group_dir is None:
+        return "shared"
+    if ctx.plan.group_mode != "auto":
+        return ctx.plan.group_mode
+    cal = ctx.profile.calibration
+    if max(metrics.worst(k) for k in metrics.rows) - metrics.worst("shared") < cal.auto_min_gain_db:
+        return "shared"  # grouping does not pay for itself
+    if "gains" in metrics.rows and metrics.worst("gains") >= metrics.worst("per-group") - cal.gains_tolerance_db:
+        return "gains"  # one graph and one set of weights, within the tolerance of per-group graphs
+    return "per-group"

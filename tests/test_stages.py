@@ -1,0 +1,134 @@
+"""Stage-border objects and the cache protocol, with tiny inputs (no model)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import cli
+
+from edgeq.errors import EdgeqError
+from edgeq.stages.cache import StageCache
+from edgeq.stages.config import BuildOptions, BuildPlan, resolve
+from edgeq.stages.plan import ComponentPlan, QuantPlan, UnetPlan
+
+
+@dataclass(frozen=True)
+class Inp:
+    a: int
+    b: tuple[str, ...]
+
+
+def test_cache_key_follows_every_input(tmp_path):
+    c = StageCache(tmp_path, log=lambda *_: None)
+    k = c.key("stats", Inp(1, ("x",)), Path("/a"), {"s": 1})
+    assert k == c.key("stats", Inp(1, ("x",)), Path("/a"), {"s": 1})
+    assert len({k, c.key("stats", Inp(2, ("x",)), Path("/a"), {"s": 1}), c.key("quant", Inp(1, ("x",)), Path("/a"), {"s": 1}),
+                c.key("stats", Inp(1, ("x",)), Path("/b"), {"s": 1})}) == 4  # fmt: skip
+
+
+def test_cache_folder_is_atomic_and_reused(tmp_path):
+    c = StageCache(tmp_path, log=lambda *_: None)
+    calls = []
+
+    def fail(tmp: Path) -> None:
+        (tmp / "half.txt").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        c.folder("quant", 1, make=fail)
+    assert not c.path("quant", 1).exists()  # nothing half-written looks finished
+
+    def make(tmp: Path) -> None:
+        calls.append(tmp)
+        (tmp / "model.onnx").write_text("graph")
+
+    d = c.folder("quant", 1, make=make)
+    assert (d / "model.onnx").read_text() == "graph" and (d / "done").is_file()
+    assert c.folder("quant", 1, make=make) == d and len(calls) == 1
+    assert c.folder("quant", 2, make=make) != d and len(calls) == 2
+
+
+def test_cache_json_and_timings(tmp_path):
+    c = StageCache(tmp_path, log=lambda *_: None)
+    n = []
+    with c.timed("search_s"):
+        first = c.json("mixed", "x", make=lambda: n.append(1) or {"a": (1, 2)})
+    assert first == {"a": [1, 2]} and c.json("mixed", "x", make=lambda: n.append(1) or {}) == first and n == [1]
+    assert "search_s" in c.timings
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_options_and_plan_round_trip(tmp_path):
+    opts = BuildOptions("tiny-sd", out=tmp_path / "o", num_calib=3, calib_calls=40)
+    assert BuildOptions.from_dict(json.loads(json.dumps(opts.to_dict()))) == opts
+    profile, source, plan = resolve(BuildOptions("tiny-sd", target="openvino", out=tmp_path / "o", groups=2))
+    assert plan.groups == 2 and plan.target == "openvino" and plan.group_mode == profile.calibration.group_mode
+    assert plan.num_calib == source.spec.num_calib and plan.calib_prompts.endswith("calibration.txt")
+    assert BuildPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert not (tmp_path / "o").exists()  # resolving writes nothing
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (dict(groups=0), "--groups must be at least 1"),
+        (dict(group_mode="bogus"), "--group-mode 'bogus'"),
+        (dict(calib_calls=3), "fewer than the 20 denoising steps"),
+        (dict(num_heldout=0), "--num-heldout must be at least 1"),
+        (dict(range_method="median"), "--range-method 'median'"),
+    ],
+)
+def test_plan_refuses_bad_options_before_any_work(tmp_path, opts, message):
+    with pytest.raises(EdgeqError, match=message):
+        resolve(BuildOptions("tiny-sd", cache_dir=tmp_path / "c", **opts))
+    assert not (tmp_path / "c").exists()
+
+
+def test_quant_plan_serialisation_keeps_order_and_optional_fields():
+    common = dict(range_method="mse", policy={"mode": "int8"}, activations={}, weights=[])
+    unet = UnetPlan("unet", groups=[], float_macs={}, mixed_precision=None, splits=[], smoothquant=None,
+                    range_choice=None, quantized_nodes=["a"], excluded_nodes=[], **common)  # fmt: skip
+    d = unet.to_dict()
+    assert list(d)[:4] == ["component", "range_method", "policy", "groups"] and "gains" not in d
+    assert UnetPlan.from_dict(d) == unet
+    vae = ComponentPlan("vae_decoder", quantized_nodes=[], excluded_nodes=[], **common)
+    q = QuantPlan("ort-cpu", "tiny-sd", "shared", unet, vae)
+    assert QuantPlan.from_dict(json.loads(json.dumps(q.to_dict()))) == q
+
+
+def test_print_config_resolves_without_building(tmp_path):
+    r = cli("build", "tiny-sd", "--target", "ort-mobile", "--groups", "2", "--out", str(tmp_path / "o"), "--print-config")
+    assert r.returncode == 0, r.stderr[-1500:]
+    cfg = json.loads(r.stdout)
+    assert cfg["plan"]["groups"] == 2 and cfg["plan"]["target"] == "ort-mobile"
+    assert cfg["profile"]["export"]["static"] is True and "unet" in cfg["profile"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_component_stats_and_capture_round_trip(tmp_path):
+    """The statistics stage's record: policy, decisions and tensors in JSON, histograms in their file."""
+    import numpy as np
+
+    from edgeq.calibrate.capture import Capture, CaptureSettings
+    from edgeq.calibrate.collect import Stats
+    from edgeq.calibrate.histogram import Hist
+    from edgeq.profiles import load_profile
+    from edgeq.quantize.policy import Decision
+    from edgeq.stages.calibration import ComponentStats
+
+    counts = np.zeros(2048, np.int64)
+    counts[3] = 5
+    stats = Stats(["t0"], [999.0, 1.0], {"t0": [Hist(counts, 0, -1.0, 2.0, 5, 3.0)] * 2})
+    stats.save(tmp_path / "s.npz")
+    policy = load_profile("ort-cpu").policy("unet")
+    cs = ComponentStats(
+        "unet", policy, (Decision("/conv", "Conv", True, "quantized"),), ("t0",), stats, stats_file=tmp_path / "s.npz"
+    )
+    back = ComponentStats.from_dict(json.loads(json.dumps(cs.to_dict())))
+    assert back.policy == policy and back.decisions == cs.decisions and back.tensors == ("t0",)
+    assert back.stats.tensors == ["t0"] and back.stats.hists["t0"][1].hi == 2.0
+    cap = Capture(tmp_path, CaptureSettings(("a", "b"), 0, 20, 7.5, "ddim"), (999.0, 1.0))
+    assert Capture.from_dict(json.loads(json.dumps(cap.to_dict()))) == cap
