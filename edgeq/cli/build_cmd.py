@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--onnx-only",
         action="store_true",
-        help="engine targets (tensorrt): stop at the engine-ready ONNX and the CPU-simulated checks, exit 0",
+        help="targets that compile on the device (TensorRT): stop at the engine-ready graphs and simulated checks, exit 0",
     )
 
 

@@ -19,7 +19,7 @@ COMMANDS = {
     "quantize": "Calibrate, choose ranges, insert Q/DQ and package for a target, without the accuracy checks.",
     "sensitivity": "Rank the UNet's quantizable nodes by the error each adds, per timestep group (and mixed precision).",
     "check": "Run the accuracy checks and gates of a quantized build against FP32.",
-    "engines": "Build the TensorRT engines of a tensorrt build folder on an NVIDIA GPU, then check them.",
+    "engines": "Compile the device engines of a build folder on its device (TensorRT: an NVIDIA GPU), then check them.",
     "bench": "Latency, peak memory and size per component of a build, next to its FP32 source.",
     "validate": "Check a Q/DQ graph (or a build folder) against TensorRT's Q/DQ rules, node by node.",
     "export": "Export a model to ONNX: a runnable FP32 build folder.",
