@@ -20,13 +20,15 @@ class Runner(Protocol):
 
 
 class OrtRunner:
-    """An ONNX Runtime CPU session with full graph optimisation."""
+    """An ONNX Runtime CPU session: full graph optimisation (Q/DQ fused into int8 kernels), or none
+    (``optimize=False``: Q/DQ as exact arithmetic, and ``.ort`` files as a minimal build runs them)."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, optimize: bool = True):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = ort.GraphOptimizationLevel
+        opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
         opts.intra_op_num_threads = threads or int(os.environ.get("EDGEQ_THREADS", "0"))
         opts.log_severity_level = 3  # errors only: FP16 graphs warn about every constant it cannot fold
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import EdgeqError
-from edgeq.runtime.sessions import component_runner, one_or_grouped
+from edgeq.runtime.sessions import OrtRunner, component_runner, one_or_grouped
 from edgeq.targets.base import Target
 from edgeq.targets.common import graphs_of, onnx_layout
 
@@ -333,22 +333,11 @@ def _ort_path(onnx_rel: str) -> str:
 
 
 # -- running ----------------------------------------------------------------------------------------
-class OrtFormatRunner:
+class OrtFormatRunner(OrtRunner):
     """An ``.ort`` file on ONNX Runtime's CPU EP, with no further graph optimisation (as on a device)."""
 
     def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.intra_op_num_threads = threads or int(os.environ.get("EDGEQ_THREADS", "0"))
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+        super().__init__(path, threads, optimize=False)
 
 
 def _runner(build: Path, info: dict[str, Any]):
