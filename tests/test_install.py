@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_non_editable_install_builds_from_another_directory(tmp_path):
+def test_non_editable_install_builds_from_another_directory(tmp_path, tiny_sd_cache):
     src = tmp_path / "src"  # a copy: pip builds in the source tree, which must stay clean
     shutil.copytree(ROOT / "edgeq", src / "edgeq", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for f in ("pyproject.toml", "README.md"):
@@ -44,7 +44,9 @@ def test_non_editable_install_builds_from_another_directory(tmp_path):
     r = subprocess.run([str(edgeq), "targets"], cwd=work, capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "ort-mobile-qnn" in r.stdout, r.stderr
     r = subprocess.run(
-        [str(edgeq), "build", "--target", "ort-cpu", "tiny-sd", "--num-calib", "2", "--num-heldout", "1", "--groups", "1"],
+        # the session's cache: the export is the same; the prompt files read are the installed ones
+        [str(edgeq), "build", "--target", "ort-cpu", "tiny-sd", "--num-calib", "2", "--num-heldout", "1", "--groups", "1",
+         "--cache-dir", str(tiny_sd_cache)],
         cwd=work, capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

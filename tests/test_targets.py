@@ -38,10 +38,11 @@ def test_target_build_contract(target_build, target):
 
 
 def test_target_from_a_folder_and_a_toml(tmp_path, tiny_sd_cache):
-    """tests/plugin_target.toml names tests/plugin_target/ (a Target subclass): it builds, checks and runs."""
+    """tests/plugin_target.toml names tests/plugin_target/ (a Target subclass): it builds, checks and runs.
+    Its calibration and Q/DQ graphs are ort-cpu's (same profile, same cache): only the checks run anew."""
     out = tmp_path / "out"
     r = cli(
-        "build", "tiny-sd", "--target", str(HERE / "plugin_target.toml"), "--num-calib", "4", "--num-heldout", "2",
+        "build", "tiny-sd", "--target", str(HERE / "plugin_target.toml"), "--num-heldout", "2",
         "--group-mode", "shared", "--out", str(out), "--cache-dir", str(tiny_sd_cache),
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

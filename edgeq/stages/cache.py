@@ -92,11 +92,12 @@ class StageCache:
         os.replace(tmp, dst)
         return dst
 
-    def file(self, stage: str, *inputs: Any, suffix: str, make: Callable[[Path], None]) -> Path:
-        """``<stage>-<key><suffix>``: reused when present, else ``make(tmp)`` writes it and it is renamed."""
+    def file(self, stage: str, *inputs: Any, suffix: str, make: Callable[[Path], None], what: str = "") -> Path:
+        """``<stage>-<key><suffix>``: reused when present, else ``make(tmp)`` writes it and it is renamed.
+        ``what`` names the result in the message a reuse prints."""
         dst = self.path(stage, *inputs, suffix=suffix)
         if dst.is_file():
-            self.log(f"reusing {dst.name}")
+            self.log(f"reusing {what or stage} {dst.name}")
             return dst
         tmp = dst.with_name(f".{dst.stem}.partial{suffix}")
         tmp.unlink(missing_ok=True)

@@ -126,6 +126,7 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentStats
                 limit,
                 smoothing,
                 suffix=".npz",
+                what="statistics",
                 make=lambda tmp, path=path, name=name, tensors=tensors, limit=limit: collect_isolated(
                     path, list(tensors), cap, name, tmp, limit
                 ),
