@@ -132,3 +132,14 @@ def test_component_stats_and_capture_round_trip(tmp_path):
     assert back.stats.tensors == ["t0"] and back.stats.hists["t0"][1].hi == 2.0
     cap = Capture(tmp_path, CaptureSettings(("a", "b"), 0, 20, 7.5, "ddim"), (999.0, 1.0))
     assert Capture.from_dict(json.loads(json.dumps(cap.to_dict()))) == cap
+
+
+def test_report_and_metrics_round_trip():
+    from edgeq.stages.select import VariantMetrics
+    from edgeq.verify.report import Report
+
+    rows = {"shared": [{"index": 0, "sqnr_db": 30.0}], "per-group": [{"index": 0, "sqnr_db": 31.5}]}
+    m = VariantMetrics.from_dict(json.loads(json.dumps(VariantMetrics(rows).to_dict())))
+    assert m.rows == rows and m.worst("per-group") == 31.5
+    rep = Report(True, "ort-cpu", "tiny-sd", [{"passed": True}], [], {"psnr_db": 40.0}, variants=rows)
+    assert Report.from_dict(json.loads(json.dumps(rep.to_dict()))) == rep and rep

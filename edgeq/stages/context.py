@@ -34,6 +34,15 @@ class Export:
     def key(self) -> str:
         return self.manifest["cache_key"]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "cache_key": self.key}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Export:
+        from edgeq.manifest import read_manifest
+
+        return cls(Path(d["folder"]), read_manifest(Path(d["folder"])))
+
     @property
     def pipeline(self) -> dict[str, Any]:
         return self.manifest["pipeline"]

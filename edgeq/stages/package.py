@@ -26,6 +26,13 @@ class Deployable:
     folder: Path
     manifest: dict[str, Any]
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "manifest": self.manifest}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Deployable:
+        return cls(Path(d["folder"]), d["manifest"])
+
 
 def quant_counts(cals: dict) -> dict[str, dict[str, int]]:
     return {

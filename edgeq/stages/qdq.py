@@ -38,6 +38,33 @@ class QuantizedUnet:
     def group_dicts(self) -> list[dict]:
         return [g.to_dict() for g in self.groups]
 
+    def to_dict(self) -> dict:
+        def path(p: Path | None) -> str | None:
+            return None if p is None else str(p)
+
+        return {
+            "groups": self.group_dicts,
+            "shared_dir": str(self.shared_dir),
+            "per_group_dir": path(self.per_group_dir),
+            "plan": self.plan.to_dict(),
+            "calibration": self.calibration.to_dict(),
+            "gains_dir": path(self.gains_dir),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantizedUnet:
+        def path(p: str | None) -> Path | None:
+            return None if p is None else Path(p)
+
+        return cls(
+            tuple(Group(g["index"], tuple(g["steps"]), g["t_min"], g["t_max"]) for g in d["groups"]),
+            Path(d["shared_dir"]),
+            path(d["per_group_dir"]),
+            UnetPlan.from_dict(d["plan"]),
+            ComponentStats.from_dict(d["calibration"]),
+            path(d["gains_dir"]),
+        )
+
 
 def _save(model, dst: Path) -> None:
     import onnx

@@ -28,6 +28,10 @@ class VariantMetrics:
     def to_dict(self) -> dict[str, list[dict[str, Any]]]:
         return dict(self.rows)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, list[dict[str, Any]]]) -> VariantMetrics:
+        return cls(dict(d))
+
 
 def check_variants(ctx: Context, target, unet: QuantizedUnet, held: Capture) -> VariantMetrics:
     from edgeq.runtime.sessions import GainsRunner, LazyRunner

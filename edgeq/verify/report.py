@@ -18,9 +18,9 @@ from edgeq.fsutil import write_json
 from edgeq.verify.metrics import psnr_db, ssim
 
 
-@dataclass
+@dataclass(frozen=True)
 class Report:
-    """Results carry their data and know whether they passed."""
+    """Results carry their data and know whether they passed; ``report.json`` is :meth:`to_dict`."""
 
     passed: bool
     target: str
@@ -43,6 +43,13 @@ class Report:
 
     def __bool__(self) -> bool:
         return self.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        return cls(**d)
 
     def failed_gates(self) -> list[dict]:
         return [g for g in self.gates if not g["passed"]]
@@ -336,7 +343,7 @@ def write(folder: Path, r: Report, grid: np.ndarray) -> None:
     if mp:
         images.append(("tradeoff.png", _png(tradeoff_plot(mp["curve"], mp["goal_db"]))))
         (folder / "tradeoff.png").write_bytes(images[-1][1])
-    write_json(folder / "report.json", asdict(r))
+    write_json(folder / "report.json", r.to_dict())
     md = _markdown(r)
     (folder / "report.md").write_text(md)
     body = html.escape(md)
