@@ -29,6 +29,20 @@ def test_cache_key_follows_every_input(tmp_path):
                 c.key("stats", Inp(1, ("x",)), Path("/b"), {"s": 1})}) == 4  # fmt: skip
 
 
+def test_cache_keys_survive_a_moved_or_linked_cache(tmp_path):
+    """Stage inputs name files in the cache (the capture folder, the export): the keys do not
+    depend on how the cache folder is spelled."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    a, b = StageCache(real, log=print), StageCache(tmp_path / "link", log=print)
+    assert a.key("stats-unet", str(real / "capture-1")) == b.key("stats-unet", str(tmp_path / "link" / "capture-1"))
+    assert a.key("stats-unet", str(real / "capture-1")) == b.key(
+        "stats-unet", str((tmp_path / "link" / "capture-1").resolve())
+    )
+    assert a.key("stats-unet", str(real / "capture-1")) != a.key("stats-unet", str(real / "capture-2"))
+
+
 def test_cache_folder_is_atomic_and_reused(tmp_path):
     c = StageCache(tmp_path, log=lambda *_: None)
     calls = []
@@ -100,7 +114,9 @@ def test_quant_plan_serialisation_keeps_order_and_optional_fields():
 
 
 def test_print_config_resolves_without_building(tmp_path):
-    r = cli("build", "tiny-sd", "--target", "ort-mobile", "--groups", "2", "--out", str(tmp_path / "o"), "--print-config")
+    r = cli(
+        "build", "tiny-sd", "--target", "ort-mobile", "--groups", "2", "--out", str(tmp_path / "o"), "--print-config"
+    )
     assert r.returncode == 0, r.stderr[-1500:]
     cfg = json.loads(r.stdout)
     assert cfg["plan"]["groups"] == 2 and cfg["plan"]["target"] == "ort-mobile"

@@ -37,9 +37,13 @@ def _plain(x: Any) -> Any:
     return str(x)
 
 
-def digest(*parts: Any) -> str:
-    """A short stable hash of JSON-able parts (dataclasses, paths and sets included)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=_plain).encode()).hexdigest()[:16]
+def digest(*parts: Any, within: tuple[str, ...] = ()) -> str:
+    """A short stable hash of JSON-able parts (dataclasses, paths and sets included). Paths under a
+    folder of ``within`` count relative to it, so a cache keeps its keys when moved or linked."""
+    text = json.dumps(parts, sort_keys=True, default=_plain)
+    for prefix in within:
+        text = text.replace(prefix, "<cache>")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _libraries() -> dict[str, str]:
@@ -62,9 +66,11 @@ class StageCache:
         self.log = log
         self.timings: dict[str, float] = {}
         self._libs = _libraries()
+        spellings = {str(root), str(root.absolute()), str(root.resolve())}
+        self._within = tuple(sorted((s for s in spellings if s not in ("", ".")), key=len, reverse=True))
 
     def key(self, stage: str, *inputs: Any) -> str:
-        return digest(stage, VERSIONS.get(stage, 0), self._libs, inputs)
+        return digest(stage, VERSIONS.get(stage, 0), self._libs, inputs, within=self._within)
 
     def path(self, stage: str, *inputs: Any, suffix: str = "") -> Path:
         return self.root / f"{stage}-{self.key(stage, *inputs)}{suffix}"
