@@ -10,7 +10,7 @@ from edgeq.errors import EdgeqError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from edgeq.runtime.schedulers import SCHEDULERS
+    from edgeq.runtime import SCHEDULERS
 
     p.add_argument("build", type=Path, help="a build folder (from edgeq export or edgeq build)")
     p.add_argument("--prompt", required=True)

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import EdgeqError
-
-SCHEDULERS = ("ddim", "euler", "dpmpp_2m")
+from edgeq.runtime import SCHEDULERS
 
 
 @dataclass(frozen=True)
