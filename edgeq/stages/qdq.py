@@ -66,23 +66,13 @@ class QuantizedUnet:
         )
 
 
-def _save(model, dst: Path) -> None:
-    import onnx
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(
-        model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-        location="model.onnx_data", size_threshold=1024,
-    )  # fmt: skip
-
-
 def quantize_component(fp32_path: Path, decisions, policy, ranges: dict[str, tuple[float, float]], dst: Path) -> None:
     """The Q/DQ graph of the FP32 graph at ``fp32_path`` for one set of activation ranges, saved at
-    ``dst`` (weights in ``model.onnx_data`` beside it). Plain inputs, no build context: the stages
+    ``dst`` (weights in ``<name>_data`` beside it). Plain inputs, no build context: the stages
     below and the tools that quantize a bare graph (``tools/bench_sd15_unet.py``) both call it."""
     from edgeq.quantize.insert import quantize_graph
 
-    _save(quantize_graph(fp32_path, list(decisions), policy, ranges), dst)
+    save_onnx(quantize_graph(fp32_path, list(decisions), policy, ranges), dst)
 
 
 def unet_source(ctx: Context, cal: ComponentStats, shared: dict, cap: Capture) -> tuple[Path, list, ComponentStats]:
