@@ -1,7 +1,7 @@
 """edgeq build: the stages chained, in the order they run.
 
     plan -> export -> capture -> statistics -> groups, ranges, Q/DQ variants -> variant checks
-         -> packaging (target) -> accuracy checks and gates -> report [-> device engines]
+         -> packaging (target) -> verification bundle and kernel fidelity -> accuracy checks and gates -> report [-> device engines]
 
 Each stage is a module of :mod:`edgeq.stages` that takes and returns small frozen objects and
 keeps its result in the build cache (:mod:`edgeq.stages.cache`), so a rerun reuses what has not
@@ -20,6 +20,7 @@ from edgeq.stages.calibration import calibrate, capture_set
 from edgeq.stages.checks import check_folder
 from edgeq.stages.config import BuildOptions, BuildPlan, resolve
 from edgeq.stages.context import prepare
+from edgeq.stages.fidelity import check_fidelity
 from edgeq.stages.package import package
 from edgeq.stages.qdq import quantize_single, quantize_unet
 from edgeq.stages.select import check_variants, choose_mode
@@ -61,6 +62,7 @@ def build(opts: BuildOptions, until: str | None = None, log=print) -> BuildResul
         package(ctx, target, stage, cals, unet, metrics, chosen, vae)
         if until == "quantize":
             return BuildResult(ctx.plan, until, out)
+        check_fidelity(ctx, target, unet, chosen, held_cap, stage, log)
         rep = check_folder(stage, ctx=ctx, held_cap=held_cap)
     rep = target.finish(out, ctx, held_cap, rep, log)  # device engines, after the portable checks
     return BuildResult(ctx.plan, None, out, rep)

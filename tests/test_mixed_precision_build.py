@@ -52,7 +52,7 @@ def test_build_with_goal_and_shortcut_splitting(cache):
     text = (ROOT / "targets" / "ort-cpu.toml").read_text()
     text = text.replace(
         'activation_matmul = "float"   #',
-        'split_concat_convs = true\ngoal_sqnr_db = 31.5\nsmoothquant = true\nactivation_matmul = "float"   #',
+        'split_concat_convs = true\ngoal_sqnr_db = 31.5\nsmoothquant = true\nsmoothquant_alphas = [0.5]\nactivation_matmul = "float"   #',
         1,
     ).replace('range_method = "mse"', 'range_method = "auto"', 1)
     prof = cache / "ort-cpu-mp.toml"
@@ -68,7 +68,7 @@ def test_build_with_goal_and_shortcut_splitting(cache):
     plan = json.loads((out / "quant_plan.json").read_text())["unet"]
     assert plan["splits"] and all(s["ratio"] >= 2.0 for s in plan["splits"])
     sq = plan["smoothquant"]
-    assert sq["sites"] > 0 and [c["alpha"] for c in sq["candidates"]] == [None, 0.25, 0.5, 0.75]
+    assert sq["sites"] > 0 and [c["alpha"] for c in sq["candidates"]] == [None, 0.5]  # the alphas named (one, to keep the suite short) and off
     assert sq["alpha"] == max(sq["candidates"], key=lambda c: c["worst_db"])["alpha"]
     rc = plan["range_choice"]  # per tensor class, the measured best of min-max, percentile and MSE clipping
     assert rc["default"] == "mse" and set(rc["winners"].values()) <= {"minmax", "percentile", "mse"}

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from edgeq.profiles.schema import CPU_FAMILIES
+
 GATE_FAILED = 3
 
 
@@ -14,6 +16,12 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     """Options shared by build, calibrate and quantize."""
     p.add_argument("model", help="a preset (tiny-sd, sd15, sd21, sdxl) or a diffusers folder")
     p.add_argument("--target", default="ort-cpu", help="target profile name or a .toml file (default: ort-cpu)")
+    p.add_argument(
+        "--cpu",
+        choices=CPU_FAMILIES,
+        help="CPU targets: the int8 kernel family to build and check for (default: the profile's [cpu] family, "
+        "host = this machine's; portable = 7-bit weights, exact on every family)",
+    )
     p.add_argument("--weights", type=Path, help="a diffusers folder or single-file checkpoint for the preset")
     p.add_argument(
         "--config", type=Path, dest="config_dir", help="configs/tokenizer folder for a single-file checkpoint"

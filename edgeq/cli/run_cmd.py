@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     manifest = read_manifest(args.build)
+    from edgeq.runtime.cpu import family_warning
+
+    warning = family_warning(manifest)
+    if warning:
+        print(f"edgeq run: warning: {warning}", file=sys.stderr)
     pipe = Pipeline(args.build, runners=for_manifest(manifest).runners() if manifest.get("target") else None)
     t1 = time.time()
     img = pipe.generate(

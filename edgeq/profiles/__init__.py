@@ -21,6 +21,7 @@ from edgeq.errors import EdgeqError
 from edgeq.profiles.schema import (
     CalibrationDefaults,
     ComponentPolicy,
+    CpuFlavour,
     Exclusion,
     ExportDefaults,
     Gates,
@@ -36,6 +37,7 @@ __all__ = [
     "COMPONENTS",
     "CalibrationDefaults",
     "ComponentPolicy",
+    "CpuFlavour",
     "Exclusion",
     "ExportDefaults",
     "Gates",
@@ -63,6 +65,7 @@ class Profile:
     gates: Gates
     calibration: CalibrationDefaults
     export: ExportDefaults = field(default_factory=ExportDefaults)
+    cpu: CpuFlavour | None = None  # CPU targets' [cpu] section (None: the target has no CPU int8 kernels)
     target_options: Any = None  # the target's Options, validated from its section
     section: str | None = None  # the target's section name (None: it has no options)
     plugin: Path | None = None  # absolute folder of a plugin target
@@ -231,7 +234,8 @@ def _build(raw: dict[str, Any], path: Path, origin) -> Profile:
         ) from None
     section = getattr(cls, "section", None)
     options_cls = getattr(cls, "Options", None)
-    sections = [*COMPONENTS, *SECTIONS, *([section] if section else [])]
+    cpu_kernels = bool(getattr(cls, "cpu_kernels", False))
+    sections = [*COMPONENTS, *SECTIONS, *(["cpu"] if cpu_kernels else []), *([section] if section else [])]
     for key, value in raw.items():
         if key in TOP_KEYS:
             continue
@@ -243,6 +247,7 @@ def _build(raw: dict[str, Any], path: Path, origin) -> Profile:
             )
     components = {k: validate(ComponentPolicy, raw[k], Where(path, k, origin=origin)) for k in COMPONENTS if k in raw}
     parts = {k: validate(cls_, raw.get(k, {}), Where(path, k, origin=origin)) for k, cls_ in SECTIONS.items()}
+    cpu = validate(CpuFlavour, raw.get("cpu", {}), Where(path, "cpu", origin=origin)) if cpu_kernels else None
     options = None
     if options_cls is not None:
         options = validate(
@@ -257,6 +262,7 @@ def _build(raw: dict[str, Any], path: Path, origin) -> Profile:
         gates=parts["gates"],
         calibration=parts["calibration"],
         export=parts["export"],
+        cpu=cpu,
         target_options=options,
         section=section,
         plugin=plugin,

@@ -68,6 +68,12 @@ class ComponentPolicy:
     activation_symmetric: bool = setting(False, "activation zero point 0")
     weight_type: str = setting("int8", "weight integer type", choices=TYPES)
     weight_symmetric: bool = setting(True, "weight zero point 0")
+    weight_bits: int | None = setting(
+        None,
+        "int8 weights in 8 or 7 bits (|q| <= 64, ONNX Runtime's reduce_range); unset: the [cpu] family's choice "
+        "(7 where the CPU's u8 x s8 kernels saturate), 8 on targets without CPU kernels",
+        choices=(7, 8),
+    )
     per_channel: bool = setting(True, "per-output-channel weight scales")
     per_channel_op_types: tuple[str, ...] = setting(
         (), "op types whose weights are per-channel (empty: all of op_types; QNN: Conv only)"
@@ -117,6 +123,30 @@ class Gates:
     e2e_psnr_db: float = setting(20.0, "whole pipeline vs FP32 images from the same seeds, dB")
     e2e_ssim: float = setting(0.8, "whole pipeline SSIM vs FP32", min=0.0, max=1.0)
     adherence_drop: float = setting(5.0, "tiny-sd: most points lost against FP32 per attribute", min=0.0, max=100.0)
+    kernel_gap_db: float = setting(
+        1.0, "UNet SQNR lost by the deployed int8 kernels against the exact Q/DQ arithmetic, per group, dB", min=0.0
+    )
+    verify_calls_per_group: int = setting(
+        8, "held-out UNet calls per timestep group in the verification bundle (kernel gate, `edgeq check`)", min=1
+    )
+    verify_images: int = setting(2, "FP32 reference images in the verification bundle (`edgeq check`)", min=0)
+
+
+CPU_FAMILIES = ("host", "x86-vnni", "x86-novnni", "arm-dotprod", "arm", "portable")
+
+
+@dataclass(frozen=True)
+class CpuFlavour:
+    """The ``[cpu]`` section of CPU targets: the int8 kernel family the build is made and checked for."""
+
+    family: str = setting(
+        "host",
+        "host: this machine's (detected); portable: exact on every family; or a family by name",
+        choices=CPU_FAMILIES,
+    )
+    check_other_families: bool = setting(
+        True, "also check families this machine can emulate (OpenVINO on AVX-512 VNNI: x86 without VNNI)"
+    )
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def quantize_graph(
     q = QDQQuantizer(
         model,
         policy.per_channel,
-        False,
+        policy.weight_bits == 7,  # reduce_range: weights within +-64 (activations keep 8 bits in QDQ)
         _qtype(policy.weight_type),
         _qtype(policy.activation_type),
         TensorsData(CalibrationMethod.MinMax, data),

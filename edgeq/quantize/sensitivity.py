@@ -90,10 +90,17 @@ def _weight_axis(node: onnx.NodeProto) -> int:
     return -1  # MatMul [K, N]: one scale per output column
 
 
-def fake_quant_weight(w: np.ndarray, axis: int | None, qtype: str, symmetric: bool) -> np.ndarray:
-    """DQ(Q(w)) with per-channel (``axis``) or per-tensor ranges, as ORT's quantizer computes them."""
+def fake_quant_weight(
+    w: np.ndarray, axis: int | None, qtype: str, symmetric: bool, reduce_range: bool = False
+) -> np.ndarray:
+    """DQ(Q(w)) with per-channel (``axis``) or per-tensor ranges, as ORT's quantizer computes them
+    (``reduce_range``: 7-bit weights, ORT's grid of -64..64 or 0..127)."""
     bits = 16 if "16" in qtype else 8
     signed = qtype.startswith("int")
+    if reduce_range and bits == 8:
+        from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+
+        rq = get_qmin_qmax_for_qType(_ONNX[qtype], reduce_range=True)
     if axis is None:
         lo, hi = np.array([w.min()]), np.array([w.max()])
         moved = w.reshape(1, -1)
@@ -102,8 +109,12 @@ def fake_quant_weight(w: np.ndarray, axis: int | None, qtype: str, symmetric: bo
         lo, hi = moved.min(axis=1), moved.max(axis=1)
     out = np.empty_like(moved)
     for c in range(moved.shape[0]):
-        scale, zp, qmin, qmax = _qparams(float(lo[c]), float(hi[c]), symmetric, bits)
-        if not signed and symmetric:
+        if reduce_range and bits == 8:
+            zp_, s_ = compute_scale_zp(np.float32(lo[c]), np.float32(hi[c]), rq[0], rq[1], symmetric=symmetric)
+            scale, zp, qmin, qmax = float(s_), int(zp_), int(rq[0]), int(rq[1])
+        else:
+            scale, zp, qmin, qmax = _qparams(float(lo[c]), float(hi[c]), symmetric, bits)
+        if not signed and symmetric and not reduce_range:
             qmin, qmax = 0, 2**bits - 1
         q = np.clip(np.round(moved[c] / scale) + zp, qmin, qmax)
         out[c] = (q - zp) * scale
@@ -195,7 +206,9 @@ def switchable_model(fp32_path: Path, decisions: list[Decision], policy: Compone
         if 1 not in acts and w in inits:
             arr = numpy_helper.to_array(inits[w])
             axis = _weight_axis(n) if policy.per_channel and n.op_type in policy.per_channel_types() else None
-            delta = fake_quant_weight(arr, axis, policy.weight_type, policy.weight_symmetric) - arr
+            delta = fake_quant_weight(
+                arr, axis, policy.weight_type, policy.weight_symmetric, policy.weight_bits == 7
+            ) - arr
             new_inits.append(numpy_helper.from_array(delta.astype(arr.dtype), f"{w}/edgeq_dw{i}"))
             body.append(helper.make_node("Mul", [gate, f"{w}/edgeq_dw{i}"], [f"{w}/edgeq_gdw{i}"]))
             body.append(helper.make_node("Add", [w, f"{w}/edgeq_gdw{i}"], [f"{w}/edgeq_w{i}"]))

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import EdgeqError
-from edgeq.manifest import check_artifacts, read_manifest
+from edgeq.manifest import read_manifest
+from edgeq.runtime import integrity
 from edgeq.runtime.schedulers import SCHEDULERS, make_scheduler
 from edgeq.runtime.sessions import OrtRunner, Runner, component_runner
 from edgeq.runtime.tokenizer import OnnxClipTokenizer
@@ -52,7 +53,7 @@ class Pipeline:
     def __init__(self, build: Path, runners: dict[str, RunnerFactory] | None = None):
         self.build = Path(build)
         self.manifest = read_manifest(self.build)
-        check_artifacts(self.build, self.manifest)
+        integrity.verify(self.build, self.manifest)  # each file hashed once, then trusted while unchanged
         self.p = self.manifest["pipeline"]
         self.family = self.manifest["model"]["family"]
         factories = {"onnxruntime": default_runner, **(runners or {})}

@@ -34,6 +34,24 @@ def _gates(manifest: dict, g, unet_rows: list[dict], vae_db: float | None, e2e: 
             gates.append(
                 Gate("pipeline", f"adherence_{attr}_drop", None, drop, g.adherence_drop, higher_is_better=False)
             )
+    fid = manifest.get("kernel_fidelity", {})
+    cpu = manifest.get("cpu", {})
+    if fid and cpu.get("family"):  # CPU targets: their kernels must compute what the graph says
+        runs = [fid["host"]] + [
+            d for f, d in fid.get("emulated", {}).items() if cpu["family"] in (f, "portable")
+        ]  # an emulated family gates only builds made for it (or portable ones); else it is reported
+        for d in runs:
+            for row in d["groups"]:
+                gates.append(
+                    Gate(
+                        "unet",
+                        f"kernel_gap_db[{d['family']}{', emulated' if d.get('emulated') else ''}]",
+                        row["index"],
+                        row["gap_db"],
+                        g.kernel_gap_db,
+                        higher_is_better=False,
+                    )
+                )
     for name, info in manifest["components"].items():
         if "rule_violations" in info:  # a target's structural rules (TensorRT's Q/DQ rules)
             n = info["rule_violations"]["count"]
@@ -101,6 +119,8 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
         usability={k: v["usability"] for k, v in manifest["components"].items() if "usability" in v},
         engines=manifest.get("engines_status", {}),
         precision=q.get("precision", {}),
+        cpu=manifest.get("cpu", {}),
+        kernel_fidelity=manifest.get("kernel_fidelity", {}),
     )
     report_mod.write(folder, rep, grid)
     report_files = ["report.json", "report.md", "report.html", "grid.png", "sqnr_per_group.png"]

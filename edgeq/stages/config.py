@@ -43,6 +43,7 @@ class BuildOptions:
     seed: int = 0
     cache_dir: Path | None = None
     onnx_only: bool = False  # engine targets (TensorRT): stop at the engine-ready ONNX and its checks
+    cpu: str | None = None  # CPU targets: the int8 kernel family to build for (None: the profile's [cpu] family)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -74,13 +75,16 @@ class BuildPlan:
     cache_dir: str
     out: str
     onnx_only: bool
+    cpu_family: str | None = None  # CPU targets: the family built for (host resolved), else None
+    weight_bits: int = 8  # what the family asks of int8 weights (components may fix their own)
+    weight_bits_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BuildPlan:
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 def _at_least(name: str, value: int | None, low: int) -> None:
@@ -111,6 +115,7 @@ def resolve(opts: BuildOptions):
         raise EdgeqError(f"--range-method {opts.range_method!r} is not one of {', '.join(RANGE_CHOICES)}")
     _at_least("num-calib", opts.num_calib, 1)
     _at_least("num-heldout", opts.num_heldout, 1)
+    family, bits, why = cpu_flavour(profile, opts.cpu)
     source = resolve_weights(opts.model, opts.weights, opts.config_dir)
     spec = source.spec
     calib_calls = opts.calib_calls if opts.calib_calls is not None else spec.calib_calls
@@ -142,5 +147,30 @@ def resolve(opts: BuildOptions):
         cache_dir=str(cache),
         out=str(out),
         onnx_only=opts.onnx_only,
+        cpu_family=family,
+        weight_bits=bits,
+        weight_bits_reason=why,
     )
     return profile, source, plan
+
+
+def cpu_flavour(profile, requested: str | None) -> tuple[str | None, int, str]:
+    """The CPU family a build is for (``host`` detected) and the weight bits it asks for, with why."""
+    from edgeq.profiles.schema import CPU_FAMILIES
+
+    if profile.cpu is None:
+        if requested is not None:
+            raise EdgeqError(
+                f"--cpu {requested}: the {profile.name} target does not run on CPU int8 kernels",
+                "leave --cpu out for this target",
+            )
+        return None, 8, "no CPU int8 kernels: 8-bit weights"
+    family = requested or profile.cpu.family
+    if family not in CPU_FAMILIES:
+        raise EdgeqError(f"--cpu {family!r} is not one of {', '.join(CPU_FAMILIES)}", "host is this machine's family")
+    from edgeq.runtime.cpu import detect, weight_bits_for
+
+    if family == "host":
+        family = detect().family
+    bits, why = weight_bits_for(family)
+    return family, bits, why

@@ -87,11 +87,23 @@ class Context:
         return read_prompts(Path(path))[:n]
 
 
+def with_weight_bits(profile, bits: int):
+    """The profile with every int8-weight component's unset ``weight_bits`` set to the family's ``bits``."""
+    from dataclasses import replace
+
+    comps = {
+        name: replace(p, weight_bits=bits if p.weight_bits is None else p.weight_bits)
+        for name, p in profile.components.items()
+    }
+    return replace(profile, components=comps)
+
+
 def prepare(opts: BuildOptions, log=print) -> Context:
     """Resolve the plan (profile first), then export (or reuse) the FP32 build."""
     from edgeq.frontend.export import ExportSettings, export
 
     profile, source, plan = resolve(opts)
+    profile = with_weight_bits(profile, plan.weight_bits)
     stages = StageCache(Path(plan.cache_dir), log)
     ensure_writable_dir(stages.root)
     ex = profile.export

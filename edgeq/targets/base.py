@@ -35,6 +35,9 @@ class Target:
     Options: ClassVar[type] = NoOptions  # frozen dataclass; the profile loader validates the section with it
     needs_runtime_to_build: ClassVar[bool] = True  # False: builds (and simulates) without its runtime
     compiles_on_device: ClassVar[bool] = False  # True: implements the engine stage below
+    # True: its int8 kernels are the CPU's and differ by CPU family (a [cpu] section, 7/8-bit weights
+    # by family, and a kernel-fidelity gate comparing them with the exact Q/DQ arithmetic)
+    cpu_kernels: ClassVar[bool] = False
 
     def __init__(self, profile: Any = None):
         self.profile = profile

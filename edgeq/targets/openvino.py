@@ -149,6 +149,7 @@ class OpenVinoTarget(Target):
     name = "openvino"
     description = "OpenVINO IR for Intel/AMD CPUs, GPUs and NPUs"
     runtime = "openvino"
+    cpu_kernels = True
     install = "pip install 'edgeq[openvino]'"
     section = "openvino"
     Options = OpenVinoOptions

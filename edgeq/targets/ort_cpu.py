@@ -22,6 +22,7 @@ class OrtCpuTarget(Target):
     name = "ort-cpu"
     description = "ONNX Runtime on x86/ARM CPUs (W8A8 Q/DQ, U8S8)"
     runtime = "onnxruntime"
+    cpu_kernels = True
     install = "pip install onnxruntime"
 
     def package(self, ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:

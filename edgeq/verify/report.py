@@ -40,6 +40,10 @@ class Report:
     engines: dict[str, Any] = field(default_factory=dict)
     # UNet MACs left float (weight layers; attention MatMuls apart) and the mixed-precision search
     precision: dict[str, Any] = field(default_factory=dict)
+    # the CPU family built for, and the deployed kernels against the exact Q/DQ arithmetic per group
+    # (``host``: this machine; ``emulated``: families computed by capping the runtime's instruction set)
+    cpu: dict[str, Any] = field(default_factory=dict)
+    kernel_fidelity: dict[str, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -204,6 +208,38 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _fidelity_markdown(cpu: dict[str, Any], fid: dict[str, Any]) -> list[str]:
+    if not fid:
+        return []
+    lines = ["", "## Kernel fidelity: quantization error and kernel error", ""]
+    if cpu.get("family"):
+        on = cpu.get("built_on", {})
+        lines += [
+            f"Built for the **{cpu['family']}** int8 kernel family: {cpu['weight_bits']}-bit weights ({cpu['reason']}). "
+            f"Built and checked on {on.get('model', '?')} ({' '.join(on.get('flags', []))}).",
+            "",
+        ]
+    lines += [
+        "Quantization error: the exact Q/DQ arithmetic (ONNX Runtime, graph optimisation off) against FP32. "
+        "Kernel error: the deployed runtime's int8 kernels against that exact arithmetic, on the same calls.",
+        "",
+        "| family | group | calls | exact vs FP32 dB | deployed vs FP32 dB | kernel gap dB |",
+        "|---|---|---|---|---|---|",
+    ]
+    runs = [("host", fid.get("host"))] + [(f, d) for f, d in fid.get("emulated", {}).items()]
+    for name, d in runs:
+        if not d:
+            continue
+        label = d["family"] + (" (emulated)" if d.get("emulated") else " (this machine)")
+        for g in d["groups"]:
+            lines.append(
+                f"| {label} | {g['index']} | {g['calls']} | {g['exact_db']:.2f} | {g['deployed_db']:.2f} | "
+                f"{g['gap_db']:.2f} |"
+            )
+        lines += [f"| {label} | note | | {n} | | |" for n in d.get("notes", [])]
+    return lines
+
+
 def _markdown(r: Report) -> str:
     lines = [
         f"# edgeq build report: {r.model} -> {r.target}",
@@ -233,6 +269,7 @@ def _markdown(r: Report) -> str:
     lines += ["", "## End to end (same seeds as FP32)", ""]
     for k, v in r.e2e.items():
         lines.append(f"- {k}: {json.dumps(v) if isinstance(v, dict) else (f'{v:.4g}' if isinstance(v, float) else v)}")
+    lines += _fidelity_markdown(r.cpu, r.kernel_fidelity)
     lines += _usability_markdown(r.usability)
     if r.engines:
         lines += ["", "## Engines", ""] + [f"- {k}: {v}" for k, v in r.engines.items()]

@@ -1,0 +1,185 @@
+"""Kernel fidelity and the verification bundle a build carries to its device.
+
+Hand-written: no runtime compares its own int8 kernels with the exact arithmetic of the Q/DQ graph
+they run. The bundle (see :mod:`edgeq.verify.device`) holds a few held-out UNet calls per timestep
+group with their FP32 outputs and the exact Q/DQ outputs of the deployed variant (ONNX Runtime,
+graph optimisation off), and a few FP32 reference images. The build then runs the device check on
+itself (the host's family) and, where this machine can compute as another family (OpenVINO with
+oneDNN capped below VNNI), in a child process as that family too. Results go to the manifest's
+``kernel_fidelity``; :mod:`edgeq.stages.checks` turns them into gates and report sections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq.calibrate.capture import Capture
+from edgeq.fsutil import write_json
+from edgeq.manifest import artifact_table, read_manifest, write_manifest
+from edgeq.runtime import cpu as cpu_mod
+from edgeq.runtime.groups import group_for
+from edgeq.stages.config import HELDOUT_SEED
+from edgeq.stages.context import Context
+from edgeq.stages.qdq import QuantizedUnet
+from edgeq.verify.device import BUNDLE, BUNDLE_DIR, BUNDLE_FORMAT, CALLS, IMAGES, DeviceCheck, device_check
+
+
+def exact_runner(unet: QuantizedUnet, mode: str):
+    """The deployed variant's Q/DQ graphs as exact arithmetic (ONNX Runtime, no graph optimisation)."""
+    from edgeq.runtime.sessions import GainsRunner, GroupedRunner, OrtRunner
+
+    groups = unet.group_dicts
+    if mode == "per-group" and unet.per_group_dir is not None:
+        return GroupedRunner(
+            [(OrtRunner(unet.per_group_dir / f"model.g{i}.onnx", optimize=False), g) for i, g in enumerate(groups)]
+        )
+    if mode == "gains" and unet.gains_dir is not None:
+        return GainsRunner(OrtRunner(unet.gains_dir / "model.onnx", optimize=False), unet.plan.gains)
+    return OrtRunner(unet.shared_dir / "model.onnx", optimize=False)
+
+
+def pick_calls(held: Capture, groups: list[dict], per_group: int) -> list[tuple[int, int]]:
+    """(prompt, step) of ``per_group`` held-out calls per timestep group, spread over its steps and prompts."""
+    by_group: dict[int, list[tuple[int, int]]] = {}
+    for i, s in held.calls():
+        by_group.setdefault(group_for(groups, held.timesteps[s]), []).append((i, s))
+    chosen = []
+    for g in sorted(by_group):
+        calls = sorted(by_group[g], key=lambda c: (c[1], c[0]))
+        # rotate prompts as the steps advance, so the chosen calls differ in prompt and in step
+        calls = sorted(calls, key=lambda c: ((c[0] - c[1]) % len(held.settings.prompts), c[1]))
+        idx = np.unique(np.linspace(0, len(calls) - 1, min(per_group, len(calls))).round().astype(int))
+        chosen += [calls[k] for k in idx]
+    return sorted(chosen)
+
+
+def write_bundle(ctx: Context, unet: QuantizedUnet | None, mode: str, held: Capture, stage: Path) -> list[Path]:
+    """``verify/``: UNet calls with FP32 and exact outputs, FP32 and host INT8 images; returns its files."""
+    from tqdm import tqdm
+
+    from edgeq.runtime.sessions import LazyRunner, OrtRunner
+    from edgeq.verify.checks import to_image
+
+    g = ctx.profile.gates
+    folder = stage / BUNDLE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    calls_meta: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    if unet is not None and mode != "float":
+        groups = unet.group_dicts
+        wanted = set(pick_calls(held, groups, g.verify_calls_per_group))
+        exact = exact_runner(unet, mode)
+        fp32 = LazyRunner(ctx.export.path("unet"))
+        samples = [s for s in held.unet_samples() if (s.prompt_index, s.step) in wanted]
+        for k, s in enumerate(tqdm(samples, desc="verification bundle (exact Q/DQ)", unit="call")):
+            ref = s.reference if s.reference is not None else fp32.run(s.feeds)["out_sample"]
+            for name, v in s.feeds.items():
+                arrays[f"c{k}.in.{name}"] = np.asarray(v)
+            arrays[f"c{k}.fp32"] = np.asarray(ref, np.float32)
+            arrays[f"c{k}.exact"] = exact.run(s.feeds)["out_sample"].astype(np.float32)
+            calls_meta.append(
+                {
+                    "group": group_for(groups, s.timestep),
+                    "timestep": s.timestep,
+                    "prompt": s.prompt_index,
+                    "step": s.step,
+                    "inputs": sorted(s.feeds),
+                }
+            )
+        del exact, fp32
+    np.savez(folder / "unet_calls.npz", **arrays)
+    prompts = list(held.settings.prompts)[: g.verify_images]
+    vae = OrtRunner(ctx.export.path("vae_decoder"))
+    latents = list(held.vae_inputs())
+    images = {f"fp32_{i}": to_image(vae.run({"latent_sample": latents[i]})["sample"]) for i in range(len(prompts))}
+    np.savez(folder / "images.npz", **images)
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "variant": mode,
+        "calls": calls_meta,
+        "images": [{"prompt": p, "seed": HELDOUT_SEED + i} for i, p in enumerate(prompts)],
+        "gates": {
+            "unet_sqnr_db": g.unet_sqnr_db,
+            "kernel_gap_db": g.kernel_gap_db,
+            "e2e_psnr_db": g.e2e_psnr_db,
+            "e2e_ssim": g.e2e_ssim,
+        },
+        "built_on": cpu_mod.detect().to_dict(),
+    }
+    write_json(stage / BUNDLE, bundle)
+    return [stage / BUNDLE, stage / CALLS, stage / IMAGES]
+
+
+def add_host_images(stage: Path, runners: dict[str, Any]) -> None:
+    """The build host's INT8 images for the bundle's prompts (a device compares its own with them)."""
+    from edgeq.runtime.pipeline import GenerateOptions, Pipeline
+
+    bundle = json.loads((stage / BUNDLE).read_text())
+    pipe = Pipeline(stage, runners=runners)
+    with np.load(stage / IMAGES) as z:
+        images = {k: z[k] for k in z.files}
+    for i, im in enumerate(bundle["images"]):
+        images[f"int8_{i}"] = pipe.generate(GenerateOptions(prompt=im["prompt"], seed=im["seed"]))
+    np.savez(stage / IMAGES, **images)
+    _record_artifacts(stage, [IMAGES])
+
+
+def _record_artifacts(stage: Path, rels: list[str]) -> None:
+    m = read_manifest(stage)
+    m["artifacts"].update(artifact_table(stage, rels))
+    write_manifest(stage, m)
+
+
+def emulated_check(stage: Path, family: str, log=print) -> DeviceCheck | None:
+    """``edgeq check`` in a child process whose runtime computes as ``family`` (UNet calls only)."""
+    env = {**os.environ, **cpu_mod.emulation_env(family)}
+    with tempfile.TemporaryDirectory(prefix="edgeq-emulate-") as tmp:
+        cmd = [sys.executable, "-m", "edgeq", "check", str(stage), "--calls-only", "--report", tmp]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        path = Path(tmp) / "device_report.json"
+        if not path.is_file():
+            log(f"  {family} (emulated): the check did not run (exit {r.returncode}): {r.stderr.strip()[-300:]}")
+            return None
+        res = DeviceCheck.from_dict(json.loads(path.read_text()))
+    return DeviceCheck(**{**res.__dict__, "emulated": True})
+
+
+def check_fidelity(ctx: Context, target, unet: QuantizedUnet | None, mode: str, held: Capture, stage: Path, log=print):
+    """Write the bundle, then measure the kernels against the exact arithmetic, here and emulated."""
+    files = write_bundle(ctx, unet, mode, held, stage)
+    _record_artifacts(stage, [str(f.relative_to(stage)) for f in files])
+    runners = target.runners()
+    add_host_images(stage, runners)
+    plan = ctx.plan
+    runtime = target.runtime
+    host = device_check(stage, runners=runners, family=cpu_mod.effective_family(runtime), write=False, log=log)
+    emulated: dict[str, dict] = {}
+    cpu = ctx.profile.cpu
+    if unet is not None and mode != "float" and cpu is not None and cpu.check_other_families:
+        for fam in cpu_mod.FAMILIES:
+            if fam != host.family and cpu_mod.can_emulate(fam, runtime):
+                log(f"kernel fidelity: checking the {fam} family too ({cpu_mod.emulation_env(fam)})")
+                res = emulated_check(stage, fam, log)
+                if res is not None:
+                    emulated[fam] = res.to_dict()
+    m = read_manifest(stage)
+    m["cpu"] = {
+        "family": plan.cpu_family,
+        "weight_bits": plan.weight_bits,
+        "reason": plan.weight_bits_reason,
+        "built_on": cpu_mod.detect().to_dict(),
+    }
+    m["kernel_fidelity"] = {"host": host.to_dict(), "emulated": emulated}
+    write_manifest(stage, m)
+    for fam, res in [(host.family, host.to_dict()), *emulated.items()]:
+        gaps = ", ".join(f"{g['gap_db']:.2f}" for g in res["groups"])
+        log(f"kernel fidelity ({fam}{', emulated' if fam in emulated else ''}): gap per group [{gaps}] dB")
+    return host, emulated
