@@ -238,7 +238,7 @@ def test_extends_by_name_and_by_path(tmp_path):
     top = write(tmp_path / "top.toml", 'extends = "sub/base.toml"\n[gates]\nvae_psnr_db = 25\n')
     p = load_profile(top)
     assert (p.target, p.gates.e2e_ssim, p.gates.vae_psnr_db, p.gates.unet_sqnr_db) == ("ort-cpu", 0.5, 25.0, 20.0)
-    assert p.policy("unet").exclude == load_profile("ort-cpu").policy("unet").exclude  # from _common
+    assert p.policy("unet").exclude == load_profile("tensorrt").policy("unet").exclude  # from _common
     # a path with a slash but no .toml suffix
     write(tmp_path / "noext", 'extends = "openvino"\n')
     assert load_profile(f"{tmp_path}/noext").target == "openvino"
@@ -282,6 +282,7 @@ def test_shipped_profiles_resolve_exactly_as_before():
             "export": asdict(p.export),
             "runtime": p.runtime,
             "runtime_options": p.runtime_options,
+            "cpu": asdict(p.cpu) if p.cpu else None,
         }
         assert json.loads(json.dumps(got)) == golden[name], name
     targets = {n: (load_profile(n).target, load_profile(n).section) for n in SHIPPED}
@@ -433,6 +434,9 @@ CLI_CASES = {
     "wrong type": ('extends = "ort-cpu"\n[gates]\nunet_sqnr_db = "high"\n', 'unet_sqnr_db = "high"'),
     "unet key": ('extends = "ort-cpu"\n[unet]\nactivation_typ = "int8"\n', "[unet] activation_typ"),
     "extends cycle": ('extends = "BAD.toml"\n', "extends cycle"),
+    "cpu family": ('extends = "openvino"\n[cpu]\nfamily = "x86-avx3"\n', 'family = "x86-avx3"'),
+    "cpu on tensorrt": ('extends = "tensorrt"\n[cpu]\nfamily = "portable"\n', "unknown section [cpu]"),
+    "weight bits": ('extends = "ort-cpu"\n[unet]\nweight_bits = 6\n', "weight_bits = 6"),
     "extends missing": ('extends = "ort-cpuu"\n', 'extends = "ort-cpuu"'),
 }
 
@@ -458,3 +462,33 @@ def test_cli_fails_fast_on_profile_mistakes(tmp_path, case, warm_cli):
     assert named in r.stderr and str(bad) in r.stderr, r.stderr
     assert not out.exists() and (not cache.exists() or not any(cache.iterdir()))
     assert elapsed < 2.0, f"{case}: the CLI took {elapsed:.2f} s to refuse the profile"
+
+
+def test_cpu_flag_is_checked_before_any_work(tmp_path, warm_cli):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "edgeq", "build", "tiny-sd", "--target", "tensorrt", "--cpu", "portable"]
+    r = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "does not run on CPU int8 kernels" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_cpu_family_resolves_to_weight_bits():
+    """host is this machine's family; portable and x86 without VNNI ask for 7-bit weights, the rest 8."""
+    from edgeq.build import print_config
+    from edgeq.runtime.cpu import detect, family_of, weight_bits_for
+    from edgeq.stages.config import BuildOptions
+
+    assert family_of("x86_64", {"avx2", "avx512f", "avx512_vnni"}) == "x86-vnni"
+    assert family_of("AMD64", {"avx2", "avx_vnni"}) == "x86-vnni"
+    assert family_of("x86_64", {"avx2", "avx512f"}) == "x86-novnni"
+    assert family_of("aarch64", {"asimd", "asimddp"}) == "arm-dotprod"
+    assert family_of("aarch64", {"asimd"}) == "arm"
+    assert [weight_bits_for(f)[0] for f in ("x86-vnni", "x86-novnni", "arm-dotprod", "arm", "portable")] == [
+        8, 7, 8, 8, 7
+    ]
+    for cpu, family in ((None, detect().family), ("portable", "portable"), ("x86-novnni", "x86-novnni")):
+        plan = print_config(BuildOptions("tiny-sd", target="ort-cpu", cpu=cpu))["plan"]
+        assert plan["cpu_family"] == family and plan["weight_bits"] == weight_bits_for(family)[0]
+        assert plan["weight_bits_reason"]
+    plan = print_config(BuildOptions("tiny-sd", target="tensorrt"))["plan"]
+    assert plan["cpu_family"] is None and plan["weight_bits"] == 8

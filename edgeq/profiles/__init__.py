@@ -235,6 +235,8 @@ def _build(raw: dict[str, Any], path: Path, origin) -> Profile:
     section = getattr(cls, "section", None)
     options_cls = getattr(cls, "Options", None)
     cpu_kernels = bool(getattr(cls, "cpu_kernels", False))
+    if not cpu_kernels and "cpu" in raw and origin("cpu", "") != path:
+        raw = {k: v for k, v in raw.items() if k != "cpu"}  # a base's [cpu]: not for a target without CPU kernels
     sections = [*COMPONENTS, *SECTIONS, *(["cpu"] if cpu_kernels else []), *([section] if section else [])]
     for key, value in raw.items():
         if key in TOP_KEYS:

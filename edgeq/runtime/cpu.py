@@ -167,6 +167,8 @@ def family_warning(manifest: dict[str, Any]) -> str | None:
     on = CpuInfo.from_dict(cpu["built_on"]) if cpu.get("built_on") else None
     made = f" (checked on {on.model or on.machine}: {' '.join(on.flags)})" if on else ""
     info = detect()
+    cap = os.environ.get(ONEDNN_ISA)
+    capped = f"; {ONEDNN_ISA}={cap}" if cap and runtime == "openvino" else ""
     risk = (
         "its u8 x s8 kernels saturate 8-bit weights (VPMADDUBSW): expect several dB less accuracy"
         if here in SATURATING and cpu.get("weight_bits", 8) == 8
@@ -174,6 +176,6 @@ def family_warning(manifest: dict[str, Any]) -> str | None:
     )
     return (
         f"this build was made for the {built} int8 kernel family{made}; this CPU is {here} "
-        f"({info.model or info.machine}: {' '.join(info.flags)}), and {risk}. Run `edgeq check BUILD` here to "
+        f"({info.model or info.machine}: {' '.join(info.flags)}{capped}), and {risk}. Run `edgeq check BUILD` here to "
         "measure it, or rebuild with `--cpu portable` (exact on every family) or `--cpu " + here + "`"
     )
