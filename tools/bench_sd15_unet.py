@@ -106,7 +106,7 @@ class RandomCalls:
         return len(self.timesteps)
 
 
-def unet_candidates(fp32: Path, target: str, float_nodes: tuple[str, ...] = ()) -> tuple:
+def unet_candidates(fp32: Path, target: str, float_nodes: tuple[str, ...] = (), weight_bits: int = 8) -> tuple:
     """``target``'s UNet policy, its decision per node (``float_nodes`` left float) and the tensors
     those decisions need statistics of, as edgeq's calibration stage decides them."""
     import onnx
@@ -114,7 +114,7 @@ def unet_candidates(fp32: Path, target: str, float_nodes: tuple[str, ...] = ()) 
     from edgeq.profiles import load_profile
     from edgeq.quantize.policy import decide, tensors_to_calibrate
 
-    policy = load_profile(target).policy("unet")
+    policy = replace(load_profile(target).policy("unet"), weight_bits=weight_bits)
     graph = onnx.load(str(fp32), load_external_data=False).graph
     decisions = decide(graph, policy)
     missing = set(float_nodes) - {d.node for d in decisions}
@@ -139,13 +139,15 @@ def cached_stats(target: str, n_calib: int, tensors) -> Stats | None:
     return stats if set(tensors) <= set(stats.tensors) else None
 
 
-def unet_stats(fp32: Path, target: str, n_calib: int, float_nodes: tuple[str, ...] = ()) -> ComponentStats:
+def unet_stats(
+    fp32: Path, target: str, n_calib: int, float_nodes: tuple[str, ...] = (), weight_bits: int = 8
+) -> ComponentStats:
     """The UNet's candidates and statistics: edgeq's statistics stage (a child process,
     edgeq.stages.calibration.collect_isolated) on ``n_calib`` random calls, or an earlier run's."""
     from edgeq.calibrate.collect import Stats
     from edgeq.stages.calibration import ComponentStats, collect_isolated
 
-    policy, decisions, tensors = unet_candidates(fp32, target, float_nodes)
+    policy, decisions, tensors = unet_candidates(fp32, target, float_nodes, weight_bits)
     stats = cached_stats(target, n_calib, tensors)
     if stats is None:
         path = stats_file(target, n_calib)
@@ -166,16 +168,20 @@ def group_ranges(cal: ComponentStats, groups: int = 1) -> tuple[list, list[dict]
     return gs, per_group
 
 
-def quantize(fp32: Path, target: str, n_calib: int, log, float_nodes: tuple[str, ...] = ()) -> tuple[Path, dict]:
-    """edgeq's statistics, range and Q/DQ stages for ``target``'s UNet policy, on random inputs."""
+def quantize(
+    fp32: Path, target: str, n_calib: int, log, float_nodes: tuple[str, ...] = (), weight_bits: int = 8
+) -> tuple[Path, dict]:
+    """edgeq's statistics, range and Q/DQ stages for ``target``'s UNet policy, on random inputs
+    (``weight_bits`` 7: the weights of x86-novnni and portable builds)."""
     from edgeq.stages.qdq import quantize_component
 
-    dst = WORK / (f"int8-{target}" + ("-float-" + _key(float_nodes) if float_nodes else "")) / "model.onnx"
+    name = f"int8-{target}" + ("-float-" + _key(float_nodes) if float_nodes else "") + ("-w7" if weight_bits == 7 else "")
+    dst = WORK / name / "model.onnx"
     info_path = dst.parent / "info.json"
     if dst.is_file() and info_path.is_file():
         return dst, json.loads(info_path.read_text())
     t0 = time.time()
-    cal = unet_stats(fp32, target, n_calib, float_nodes)
+    cal = unet_stats(fp32, target, n_calib, float_nodes, weight_bits)
     stats_s = time.time() - t0
     _, (ranges,) = group_ranges(cal)
     t0 = time.time()
@@ -243,6 +249,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=[], help="OpenVINO variants to time (besides ov_f32); --ort off")
     ap.add_argument("--float", nargs="*", default=[], help="also INT8 graphs with these UNet nodes left float")
     ap.add_argument("--gains", action="store_true", help="also the INT8 graphs with group gains (one graph, 4 groups)")
+    ap.add_argument(
+        "--w7", action="store_true", help="also the INT8 graphs with 7-bit weights (x86-novnni and portable builds)"
+    )
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     fp32 = export_fp32()
@@ -250,6 +259,7 @@ def main() -> None:
     if args.ort:
         prep["ort-cpu"] = quantize(fp32, "ort-cpu", args.calib, print)
     mixed = {t: quantize(fp32, t, args.calib, print, tuple(args.float))[0] for t in prep} if args.float else {}
+    w7 = {t: quantize(fp32, t, args.calib, print, weight_bits=7)[0] for t in prep} if args.w7 else {}
     x = feeds(123, 500.0)
     results: dict[str, dict] = {}
     gained = {t: with_gains(fp32, t, p[0], args.calib) for t, p in prep.items()} if args.gains else {}
@@ -270,6 +280,8 @@ def main() -> None:
     }
     if mixed:
         ov_variants["edgeq_openvino_float_nodes"] = (mixed["openvino"], {"INFERENCE_PRECISION_HINT": "f32"})
+    if w7:
+        ov_variants["edgeq_openvino_w7"] = (w7["openvino"], {"INFERENCE_PRECISION_HINT": "f32"})
     if gained:
         ov_variants["edgeq_openvino_gains"] = (gained["openvino"], {"INFERENCE_PRECISION_HINT": "f32"})
     if gained_mixed:
@@ -298,6 +310,7 @@ def main() -> None:
         ort_variants = [("ort_fp32", fp32), ("edgeq_ort_cpu", prep["ort-cpu"][0])]
         ort_variants += [("edgeq_ort_cpu_gains", gained["ort-cpu"])] if gained else []
         ort_variants += [("edgeq_ort_cpu_float_nodes", mixed["ort-cpu"])] if mixed else []
+        ort_variants += [("edgeq_ort_cpu_w7", w7["ort-cpu"])] if w7 else []
         for name, path in ort_variants:
             t0 = time.time()
             runner = OrtRunner(path)
@@ -308,10 +321,13 @@ def main() -> None:
             print(name, r, flush=True)
             del runner
             gc.collect()
+    from edgeq.runtime.cpu import detect
+
+    cpu = detect()
     base = {"ov": results["ov_f32"]["median_s"], "ort": results.get("ort_fp32", {}).get("median_s")}
     lines = [
         f"SD1.5-shaped UNet (random weights), batch 1, 64x64 latents, 77x768 text; {args.repeats} calls after "
-        f"{args.warmup} warm-up; {platform.machine()}, {__import__('os').cpu_count()} cores",
+        f"{args.warmup} warm-up; {platform.machine()}, {__import__('os').cpu_count()} cores; CPU {cpu.describe()}",
         "",
         "| variant | runtime | precision hint | median s | min s | max s | speed vs float (same runtime) |",
         "|---|---|---|---|---|---|---|",
@@ -328,12 +344,14 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "versions": library_versions(),
         "settings": vars(args),
+        "cpu": cpu.to_dict(),
         "unet_sd15_shape": results,
         "quantization": {k: v[1] for k, v in prep.items()},
         "peak_rss_gb": round(peak_rss_gb(), 2),
     }
     dest = ROOT / "benchmarks"
     stem = "sd15_unet_latency_gains" if args.gains or args.float else "sd15_unet_latency"
+    stem += "_w7" if args.w7 else ""
     (dest / f"{stem}.md").write_text(md)
     (dest / f"{stem}.json").write_text(json.dumps(out, indent=2) + "\n")
 
