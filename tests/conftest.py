@@ -90,3 +90,15 @@ def cli(*args: str, env: dict | None = None):
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests (minutes each) run with `-m slow` or EDGEQ_SLOW=1; otherwise skipped, saying so."""
+    import os
+
+    if "slow" in (config.getoption("-m") or "") or os.environ.get("EDGEQ_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow (several minutes on 2 cores): run with `python -m pytest -m slow` or EDGEQ_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

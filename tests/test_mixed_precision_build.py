@@ -21,7 +21,7 @@ def cache(tmp_path_factory, tiny_sd_cache):
 def test_sensitivity_ranks_nodes_and_searches_to_a_goal(cache):
     out = cache / "sens"
     r = cli(
-        "sensitivity", "tiny-sd", "--target", "ort-cpu", "--calls", "8", "--goal-sqnr", "33",
+        "sensitivity", "tiny-sd", "--target", "ort-cpu", "--calls", "8", "--goal-sqnr", "32.6",
         "--out", str(out), "--cache-dir", str(cache / "cache"),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
@@ -33,7 +33,7 @@ def test_sensitivity_ranks_nodes_and_searches_to_a_goal(cache):
     assert all(len(n["alone_db"]) == len(res["groups"]) for n in res["nodes"])
     mp = res["mixed_precision"]
     assert mp["curve"][0]["float_share"] == pytest.approx(res["float_macs"]["float_share"])
-    assert mp["met"] == (mp["curve"][-1]["worst_db"] >= 33)
+    assert mp["met"] == (mp["curve"][-1]["worst_db"] >= 32.6)
     assert [c["worst_db"] for c in mp["curve"]][-1] >= mp["curve"][0]["worst_db"]
     for f in ("sensitivity.md", "sensitivity.png", "tradeoff.png"):
         assert (out / f).stat().st_size > 0
@@ -46,13 +46,16 @@ def test_sensitivity_bad_calls(cache):
     assert r.returncode == 2 and "--calls must be at least 1" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # about 6 minutes: SmoothQuant, per-class ranges and the search, each measured in the build
 def test_build_with_goal_and_shortcut_splitting(cache):
     """Profile with SmoothQuant, shortcut splitting, per-class range methods and a goal: the choices are
     measured, recorded and explained (split Convs and float nodes say why); the report shows the float share and trade-off."""
     text = (ROOT / "targets" / "ort-cpu.toml").read_text()
+    # the base without the CPU profiles' up-block shortcut exclusion: those Convs read the concat to split
+    text = text.replace('extends = "_cpu"', 'extends = "_common"', 1)
     text = text.replace(
         'activation_matmul = "float"   #',
-        'split_concat_convs = true\ngoal_sqnr_db = 33.0\nsmoothquant = true\nsmoothquant_alphas = [0.5]\nactivation_matmul = "float"   #',
+        'split_concat_convs = true\ngoal_sqnr_db = 32.0\nsmoothquant = true\nsmoothquant_alphas = [0.5]\nactivation_matmul = "float"   #',
         1,
     ).replace('range_method = "mse"', 'range_method = "auto"', 1)
     prof = cache / "ort-cpu-mp.toml"
@@ -88,4 +91,4 @@ def test_build_with_goal_and_shortcut_splitting(cache):
     assert "## Precision of the UNet" in report and "weight-layer MACs left float" in report
     assert (out / "tradeoff.png").stat().st_size > 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["quantization"]["precision"]["mixed_precision"]["goal_db"] == 33.0
+    assert manifest["quantization"]["precision"]["mixed_precision"]["goal_db"] == 32.0
