@@ -38,11 +38,21 @@ class BuildResult:
 
 def build(opts: BuildOptions, until: str | None = None, log=print) -> BuildResult:
     """Run the stages up to ``until`` (calibrate | quantize | None = all, checks included)."""
+    from edgeq.stages.cluster import connect
     from edgeq.targets import get_target
 
     t_start = time.time()
     target = get_target(opts.target)  # a bad profile or a missing runtime fails before any work
-    ctx = prepare(opts, log)
+    cluster = connect(opts.cluster, log)  # an unreachable cluster fails before any work too
+    try:
+        return _run(opts, target, until, log, t_start, cluster)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _run(opts: BuildOptions, target, until: str | None, log, t_start: float, cluster) -> BuildResult:
+    ctx = prepare(opts, log, cluster)
     cal_cap = capture_set(ctx, "calibration")
     cals = calibrate(ctx, cal_cap, log)
     if until == "calibrate":

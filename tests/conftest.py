@@ -98,7 +98,9 @@ def pytest_collection_modifyitems(config, items):
 
     if "slow" in (config.getoption("-m") or "") or os.environ.get("EDGEQ_SLOW") == "1":
         return
-    skip = pytest.mark.skip(reason="slow (several minutes on 2 cores): run with `python -m pytest -m slow` or EDGEQ_SLOW=1")
+    skip = pytest.mark.skip(
+        reason="slow (several minutes on 2 cores): run with `python -m pytest -m slow` or EDGEQ_SLOW=1"
+    )
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

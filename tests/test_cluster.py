@@ -21,6 +21,7 @@ from conftest import cli
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'edgeq[ray]' (the dev extra has it)")
 
 ARGS = ("--num-calib", "12", "--num-heldout", "1", "--groups", "2")
+TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": __import__("uuid").uuid4().hex}
 
 
 def _free_port() -> int:
@@ -30,15 +31,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
+def ray_head():
     """`ray start --head` with 2 CPUs on this machine, stopped (with its workers) after the tests."""
     ray_bin = Path(sys.executable).with_name("ray")
     exe = [str(ray_bin)] if ray_bin.is_file() else [sys.executable, "-m", "ray.scripts.scripts"]
     port = _free_port()
-    tmp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # the cluster's token (Ray >= 2.59 authenticates by default): the same one for the head and the build
+    env = {**os.environ, **TOKEN, "RAY_USAGE_STATS_ENABLED": "0"}
     start = [*exe, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false"]
-    r = subprocess.run([*start, "--temp-dir", str(tmp / "t")], capture_output=True, text=True, env=env, timeout=180)
+    r = subprocess.run(start, capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     try:
         yield f"127.0.0.1:{port}"
@@ -90,10 +91,19 @@ def test_cluster_calibration_is_identical_and_survives_a_killed_worker(ray_head,
     t = threading.Thread(target=killer, daemon=True)
     t.start()
     r = cli(
-        "quantize", "tiny-sd", *ARGS, "--cluster", ray_head, "--out", str(tmp_path / "q2"), "--cache-dir", str(clustered)
+        "quantize",
+        "tiny-sd",
+        *ARGS,
+        "--cluster",
+        ray_head,
+        "--out",
+        str(tmp_path / "q2"),
+        "--cache-dir",
+        str(clustered),
+        env=TOKEN,
     )
     t.join(timeout=1)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stderr[:1500] + r.stderr[-1500:]
     assert killed, "no capture task was seen running, so none was killed"
     assert "cluster: the Ray cluster at" in r.stdout + r.stderr
     a, b = _stats_arrays(single), _stats_arrays(clustered)

@@ -71,7 +71,10 @@ def test_build_with_goal_and_shortcut_splitting(cache):
     plan = json.loads((out / "quant_plan.json").read_text())["unet"]
     assert plan["splits"] and all(s["ratio"] >= 2.0 for s in plan["splits"])
     sq = plan["smoothquant"]
-    assert sq["sites"] > 0 and [c["alpha"] for c in sq["candidates"]] == [None, 0.5]  # the alphas named (one, to keep the suite short) and off
+    assert sq["sites"] > 0 and [c["alpha"] for c in sq["candidates"]] == [
+        None,
+        0.5,
+    ]  # the alphas named (one, to keep the suite short) and off
     assert sq["alpha"] == max(sq["candidates"], key=lambda c: c["worst_db"])["alpha"]
     rc = plan["range_choice"]  # per tensor class, the measured best of min-max, percentile and MSE clipping
     assert rc["default"] == "mse" and set(rc["winners"].values()) <= {"minmax", "percentile", "mse"}

@@ -484,7 +484,11 @@ def test_cpu_family_resolves_to_weight_bits():
     assert family_of("aarch64", {"asimd", "asimddp"}) == "arm-dotprod"
     assert family_of("aarch64", {"asimd"}) == "arm"
     assert [weight_bits_for(f)[0] for f in ("x86-vnni", "x86-novnni", "arm-dotprod", "arm", "portable")] == [
-        8, 7, 8, 8, 7
+        8,
+        7,
+        8,
+        8,
+        7,
     ]
     for cpu, family in ((None, detect().family), ("portable", "portable"), ("x86-novnni", "x86-novnni")):
         plan = print_config(BuildOptions("tiny-sd", target="ort-cpu", cpu=cpu))["plan"]

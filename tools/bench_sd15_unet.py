@@ -175,7 +175,9 @@ def quantize(
     (``weight_bits`` 7: the weights of x86-novnni and portable builds)."""
     from edgeq.stages.qdq import quantize_component
 
-    name = f"int8-{target}" + ("-float-" + _key(float_nodes) if float_nodes else "") + ("-w7" if weight_bits == 7 else "")
+    name = (
+        f"int8-{target}" + ("-float-" + _key(float_nodes) if float_nodes else "") + ("-w7" if weight_bits == 7 else "")
+    )
     dst = WORK / name / "model.onnx"
     info_path = dst.parent / "info.json"
     if dst.is_file() and info_path.is_file():

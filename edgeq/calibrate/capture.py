@@ -96,14 +96,18 @@ class Capture:
         for i, step in self.calls(limit):
             chosen.setdefault(i, set()).add(step)
         for i in sorted(chosen):
-            d = self.load(i)
-            skip = ("unet.sample", "unet.out_sample")
-            static = {k[len("unet.") :]: v for k, v in d.items() if k.startswith("unet.") and k not in skip}
-            ref = d.get("unet.out_sample")
-            for s, t in enumerate(d["timesteps"]):
-                if s in chosen[i]:
-                    feeds = {"sample": d["unet.sample"][s], "timestep": np.array(t, np.float32), **static}
-                    yield Sample(i, s, float(t), feeds, None if ref is None else ref[s])
+            yield from self.shard_samples(i, chosen[i])
+
+    def shard_samples(self, i: int, steps=None) -> Iterator[Sample]:
+        """The UNet calls of prompt shard ``i`` at ``steps`` (None: all), in step order."""
+        d = self.load(i)
+        skip = ("unet.sample", "unet.out_sample")
+        static = {k[len("unet.") :]: v for k, v in d.items() if k.startswith("unet.") and k not in skip}
+        ref = d.get("unet.out_sample")
+        for s, t in enumerate(d["timesteps"]):
+            if steps is None or s in steps:
+                feeds = {"sample": d["unet.sample"][s], "timestep": np.array(t, np.float32), **static}
+                yield Sample(i, s, float(t), feeds, None if ref is None else ref[s])
 
     def vae_inputs(self) -> Iterator[np.ndarray]:
         for i in range(len(self.settings.prompts)):
@@ -122,9 +126,10 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "capture") -> Capture:
-    """Capture trajectories of the FP32 build at ``build`` into ``folder`` (resuming if possible)."""
-    from edgeq.runtime.pipeline import GenerateOptions, Pipeline
+def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "capture", cluster=None) -> Capture:
+    """Capture trajectories of the FP32 build at ``build`` into ``folder`` (resuming if possible);
+    ``cluster`` (:class:`edgeq.stages.cluster.RayCluster`): one task per missing shard there."""
+    from edgeq.runtime.pipeline import Pipeline
 
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / INDEX
@@ -139,49 +144,61 @@ def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "c
     write_json(index_path, {"settings": want, "complete": False})
     timesteps: list[float] = []
     todo = [i for i in range(len(settings.prompts)) if not (folder / f"shard-{i:05d}.npz").is_file()]
+    if todo and cluster is not None:
+        cluster.capture(build, folder, settings, todo, desc)
+        todo = []
+        for f in folder.glob(".shard-*.npz"):  # half-written by a worker that died (its task was retried)
+            f.unlink(missing_ok=True)
     pipe = Pipeline(build) if todo else None  # a full-size FP32 pipeline holds gigabytes: load only to capture
     for i in tqdm(todo, desc=desc, unit="prompt", disable=not todo):
-        rec: dict[str, list] = {"sample": [], "timesteps": [], "out_sample": []}
-        static: dict[str, np.ndarray] = {}
-
-        def on_unet(step: int, t: float, feeds: dict[str, np.ndarray], rec=rec, static=static) -> None:
-            rec["sample"].append(feeds["sample"].copy())
-            rec["timesteps"].append(t)
-            for k, v in feeds.items():
-                if k not in ("sample", "timestep") and k not in static:
-                    static[k] = v.copy()
-
-        def on_out(step: int, out: np.ndarray, rec=rec) -> None:
-            rec["out_sample"].append(out.copy())
-
-        final: list[np.ndarray] = []
         assert pipe is not None
-        pipe.generate(
-            GenerateOptions(
-                prompt=settings.prompts[i],
-                negative_prompt=settings.negative_prompt,
-                seed=settings.seed + i,
-                steps=settings.steps,
-                guidance=settings.guidance,
-                scheduler=settings.scheduler,
-                on_unet_input=on_unet,
-                on_unet_output=on_out,
-                on_final_latents=final.append,
-            )
-        )
-        arrays = {
-            "unet.sample": np.stack(rec["sample"]),
-            "unet.out_sample": np.stack(rec["out_sample"]),
-            "timesteps": np.array(rec["timesteps"], np.float32),
-            "vae_decoder.latent_sample": pipe.vae_input(final[0]),
-            "text_encoder.input_ids": pipe.tokenizers["tokenizer"]([settings.negative_prompt, settings.prompts[i]]),
-        }
-        arrays |= {f"unet.{k}": v for k, v in static.items()}
-        fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".npz", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, folder / f"shard-{i:05d}.npz")
+        capture_shard(pipe, settings, i, folder)
     first = Capture(folder, settings, ()).load(0)
     timesteps = [float(t) for t in first["timesteps"]]
     write_json(index_path, {"settings": want, "complete": True, "timesteps": timesteps})
     return Capture(folder, settings, tuple(timesteps))
+
+
+def capture_shard(pipe, settings: CaptureSettings, i: int, folder: Path) -> None:
+    """Prompt ``i``'s trajectory through the FP32 pipeline, written atomically as its shard file."""
+    from edgeq.runtime.pipeline import GenerateOptions
+
+    rec: dict[str, list] = {"sample": [], "timesteps": [], "out_sample": []}
+    static: dict[str, np.ndarray] = {}
+
+    def on_unet(step: int, t: float, feeds: dict[str, np.ndarray]) -> None:
+        rec["sample"].append(feeds["sample"].copy())
+        rec["timesteps"].append(t)
+        for k, v in feeds.items():
+            if k not in ("sample", "timestep") and k not in static:
+                static[k] = v.copy()
+
+    def on_out(step: int, out: np.ndarray) -> None:
+        rec["out_sample"].append(out.copy())
+
+    final: list[np.ndarray] = []
+    pipe.generate(
+        GenerateOptions(
+            prompt=settings.prompts[i],
+            negative_prompt=settings.negative_prompt,
+            seed=settings.seed + i,
+            steps=settings.steps,
+            guidance=settings.guidance,
+            scheduler=settings.scheduler,
+            on_unet_input=on_unet,
+            on_unet_output=on_out,
+            on_final_latents=final.append,
+        )
+    )
+    arrays = {
+        "unet.sample": np.stack(rec["sample"]),
+        "unet.out_sample": np.stack(rec["out_sample"]),
+        "timesteps": np.array(rec["timesteps"], np.float32),
+        "vae_decoder.latent_sample": pipe.vae_input(final[0]),
+        "text_encoder.input_ids": pipe.tokenizers["tokenizer"]([settings.negative_prompt, settings.prompts[i]]),
+    }
+    arrays |= {f"unet.{k}": v for k, v in static.items()}
+    fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".npz", dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, folder / f"shard-{i:05d}.npz")

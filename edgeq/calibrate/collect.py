@@ -31,6 +31,15 @@ class Stats:
     timesteps: list[float]
     hists: dict[str, list[Hist]] = field(default_factory=dict)  # tensor -> one per step
 
+    def merge_in(self, parts: Iterable[Stats]) -> None:
+        """Add partial statistics of other calls (exact, in any order): the cluster's reduction."""
+        for part in parts:
+            for t in part.tensors:
+                mine = self.hists.setdefault(t, [Hist.empty() for _ in self.timesteps])
+                for s, h in enumerate(part.hists[t]):
+                    if h.n:
+                        mine[s] = mine[s].merged(h) if mine[s].n else h.copy()
+
     def group(self, tensor: str, steps: Iterable[int]) -> Hist:
         return merge_all([self.hists[tensor][s] for s in steps])
 
@@ -116,16 +125,18 @@ def collect(
     timesteps: list[float],
     total: int,
     desc: str = "statistics",
+    session=None,
 ) -> Stats:
     """Fold every sample's activations of ``tensors`` into per-step histograms.
 
     ``samples`` yields (step index, feeds); each is run alone and released before the next.
+    ``session``: an :func:`augmented_session` of these tensors to reuse (cluster workers keep one).
     """
-    sess = augmented_session(model_path, tensors)
+    sess = session if session is not None else augmented_session(model_path, tensors)
     inputs = {i.name for i in sess.get_inputs()}
     split = dynamic_batch(sess)
     st = Stats(list(tensors), list(timesteps), {t: [Hist.empty() for _ in timesteps] for t in tensors})
-    for step, feeds in tqdm(samples, total=total, desc=desc, unit="call"):
+    for step, feeds in tqdm(samples, total=total, desc=desc, unit="call", disable=not desc):
         given = {k: v for k, v in feeds.items() if k in inputs}
         for part in _batch_items(given) if split else [given]:
             outs = sess.run(tensors, part)
@@ -139,6 +150,41 @@ def collect(
                     ) from None
             del outs
     return st
+
+
+def component_samples(cap, name: str, shards: list[tuple[int, list[int] | None]]):
+    """(step, feeds) of the given prompt shards' calls (``None``: every step) for ``name``."""
+    if name == "unet":
+        for i, steps in shards:
+            for s in cap.shard_samples(i, steps):
+                yield s.step, s.feeds
+    else:  # the VAE decoder: one call per prompt, on its final latents
+        for i, _ in shards:
+            yield 0, {"latent_sample": cap.load(i)["vae_decoder.latent_sample"]}
+
+
+def shard_plan(cap, name: str, limit: int | None) -> tuple[list[tuple[int, list[int] | None]], list[float]]:
+    """The prompt shards a component's statistics read, with their steps, and the step timesteps."""
+    if name != "unet":
+        return [(i, None) for i in range(len(cap.settings.prompts))], [0.0]
+    chosen: dict[int, list[int]] = {}
+    for i, step in cap.calls(limit):
+        chosen.setdefault(i, []).append(step)
+    return sorted(chosen.items()), list(cap.timesteps)
+
+
+_SESSION: dict[tuple, object] = {}  # a cluster worker's session, reused by its next task on the same graph
+
+
+def collect_shards(model_path: Path, tensors: list[str], cap, name: str, shards, timesteps, reuse=False) -> Stats:
+    """Statistics of some prompt shards' calls (a cluster task's partial)."""
+    key = (str(model_path), tuple(tensors))
+    sess = _SESSION.get(key) if reuse else None
+    if reuse and sess is None:
+        _SESSION.clear()
+        sess = _SESSION[key] = augmented_session(model_path, tensors)
+    total = sum(len(steps) if steps is not None else 1 for _, steps in shards)
+    return collect(model_path, tensors, component_samples(cap, name, shards), timesteps, total, "", sess)
 
 
 def _batch_items(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:

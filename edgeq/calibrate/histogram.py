@@ -18,9 +18,22 @@ BINS = 2048  # per side
 MIN_EXP = -24  # smallest range 2**-24: a constant (zero-range) tensor still gets a finite, non-zero scale
 
 
+EXACT = 2**1100  # sums of squares are kept as integers in units of 2**-1100: every float64 is one
+
+
+def _exact(v: float) -> int:
+    num, den = float(v).as_integer_ratio()
+    return num * (EXACT // den)
+
+
 @dataclass
 class Hist:
-    """Counts of a tensor's values over [-2**exp, 2**exp], plus exact min, max and sum of squares."""
+    """Counts of a tensor's values over [-2**exp, 2**exp], plus exact min, max and sum of squares.
+
+    Every field merges exactly and in any order: counts are integers (a range doubling merges bin
+    pairs exactly), min and max are order-free, and the sum of squares is an exact integer sum of
+    each call's float64 sum (``exact``), rounded once. So statistics split over processes or cluster
+    workers and merged give the same bytes as one process."""
 
     counts: np.ndarray  # int64 [2 * BINS]
     exp: int
@@ -28,10 +41,28 @@ class Hist:
     hi: float
     n: int
     sumsq: float
+    exact: int | None = None  # the sum of squares in units of 2**-1100 (None: from ``sumsq``)
+
+    def _exact_sumsq(self) -> int:
+        return _exact(self.sumsq) if self.exact is None else self.exact
+
+    def __getstate__(self) -> dict:
+        """Pickled (cluster partials) with only the span of non-zero bins."""
+        nz = np.flatnonzero(self.counts)
+        first, last = (int(nz[0]), int(nz[-1]) + 1) if nz.size else (0, 0)
+        state = dict(self.__dict__)
+        state["counts"] = (first, self.counts[first:last].copy(), self.counts.size)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        first, span, size = state["counts"]
+        counts = np.zeros(size, np.int64)
+        counts[first : first + span.size] = span
+        self.__dict__.update({**state, "counts": counts})
 
     @classmethod
     def empty(cls) -> Hist:
-        return cls(np.zeros(2 * BINS, np.int64), MIN_EXP, np.inf, -np.inf, 0, 0.0)
+        return cls(np.zeros(2 * BINS, np.int64), MIN_EXP, np.inf, -np.inf, 0, 0.0, 0)
 
     @property
     def range(self) -> float:
@@ -76,17 +107,19 @@ class Hist:
         self.counts += np.bincount(idx, minlength=2 * BINS)
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         self.n += x.size
-        self.sumsq += float(np.einsum("i,i->", x, x, dtype=np.float64))
+        self.exact = self._exact_sumsq() + _exact(float(np.einsum("i,i->", x, x, dtype=np.float64)))
+        self.sumsq = self.exact / EXACT
 
     def merged(self, other: Hist) -> Hist:
         a, b = self.copy(), other.copy()
         e = max(a.exp, b.exp)
         a.grow_to(e)
         b.grow_to(e)
-        return Hist(a.counts + b.counts, e, min(a.lo, b.lo), max(a.hi, b.hi), a.n + b.n, a.sumsq + b.sumsq)
+        exact = a._exact_sumsq() + b._exact_sumsq()
+        return Hist(a.counts + b.counts, e, min(a.lo, b.lo), max(a.hi, b.hi), a.n + b.n, exact / EXACT, exact)
 
     def copy(self) -> Hist:
-        return Hist(self.counts.copy(), self.exp, self.lo, self.hi, self.n, self.sumsq)
+        return Hist(self.counts.copy(), self.exp, self.lo, self.hi, self.n, self.sumsq, self.exact)
 
     def folded(self) -> tuple[np.ndarray, float]:
         """Histogram of |x| (BINS bins over [0, R]) and its bin width."""

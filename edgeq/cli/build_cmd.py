@@ -64,6 +64,11 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-heldout", type=int, help="held-out prompts to use (default 64 for tiny-sd, else 1)")
     p.add_argument("--seed", type=int, default=0, help="calibration seeds are seed + prompt index")
     p.add_argument("--cache-dir", type=Path, help="where cached stages live (default build/.cache/<model>-<hash>)")
+    p.add_argument(
+        "--cluster",
+        help="capture and statistics on Ray: `ray` (a local Ray with this machine's cores), HOST:PORT of a running "
+        "cluster this machine is part of, or ray://HOST:PORT (Ray Client); same results as one process",
+    )
 
 
 def options(args: argparse.Namespace):
@@ -73,6 +78,10 @@ def options(args: argparse.Namespace):
 
     opts = BuildOptions(**{k: getattr(args, k) for k in BuildOptions.__dataclass_fields__ if hasattr(args, k)})
     get_target(opts.target)
+    if opts.cluster is not None:
+        from edgeq.stages.cluster import ClusterSpec
+
+        ClusterSpec.parse(opts.cluster)
     return opts
 
 

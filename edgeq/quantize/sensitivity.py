@@ -206,9 +206,9 @@ def switchable_model(fp32_path: Path, decisions: list[Decision], policy: Compone
         if 1 not in acts and w in inits:
             arr = numpy_helper.to_array(inits[w])
             axis = _weight_axis(n) if policy.per_channel and n.op_type in policy.per_channel_types() else None
-            delta = fake_quant_weight(
-                arr, axis, policy.weight_type, policy.weight_symmetric, policy.weight_bits == 7
-            ) - arr
+            delta = (
+                fake_quant_weight(arr, axis, policy.weight_type, policy.weight_symmetric, policy.weight_bits == 7) - arr
+            )
             new_inits.append(numpy_helper.from_array(delta.astype(arr.dtype), f"{w}/edgeq_dw{i}"))
             body.append(helper.make_node("Mul", [gate, f"{w}/edgeq_dw{i}"], [f"{w}/edgeq_gdw{i}"]))
             body.append(helper.make_node("Add", [w, f"{w}/edgeq_gdw{i}"], [f"{w}/edgeq_w{i}"]))

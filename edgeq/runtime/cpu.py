@@ -153,7 +153,6 @@ def weight_bits_for(family: str) -> tuple[int, str]:
     return 8, f"{family}: int32 accumulation, 8-bit weights are exact"
 
 
-
 def family_warning(manifest: dict[str, Any]) -> str | None:
     """A warning when the running CPU's int8 family is not the one a (non-portable) build was made for."""
     cpu = manifest.get("cpu") or {}

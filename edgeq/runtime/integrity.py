@@ -18,7 +18,6 @@ from edgeq.errors import EdgeqError
 from edgeq.fsutil import sha256_file
 
 
-
 def _stamp_paths(folder: Path) -> list[Path]:
     cache = Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq")) / "verified"
     key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:24]
@@ -72,7 +71,9 @@ def verify(folder: Path, manifest: dict[str, Any], trust_stamp: bool = True, pro
         except OSError:
             raise EdgeqError(f"{p} is missing from the build", "copy the whole build folder, or rebuild") from None
         if st.st_size != info["bytes"]:
-            raise _refuse(p, f"has {st.st_size} bytes where the manifest records {info['bytes']} (truncated or replaced)")
+            raise _refuse(
+                p, f"has {st.st_size} bytes where the manifest records {info['bytes']} (truncated or replaced)"
+            )
         mark = [st.st_size, st.st_mtime_ns, info["sha256"]]
         if stamp.get(rel) == mark:
             new[rel] = mark

@@ -33,7 +33,11 @@ def capture_set(ctx: Context, which: str) -> Capture:
     )
     with ctx.stages.timed(f"capture_{which}_s"):
         return capture(
-            ctx.export.folder, ctx.stages.path(f"capture-{which}", asdict(settings)), settings, f"capture {which}"
+            ctx.export.folder,
+            ctx.stages.path(f"capture-{which}", asdict(settings)),
+            settings,
+            f"capture {which}",
+            ctx.cluster,
         )
 
 
@@ -127,8 +131,8 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentStats
                 smoothing,
                 suffix=".npz",
                 what="statistics",
-                make=lambda tmp, path=path, name=name, tensors=tensors, limit=limit: collect_isolated(
-                    path, list(tensors), cap, name, tmp, limit
+                make=lambda tmp, path=path, name=name, tensors=tensors, limit=limit: collect_stats(
+                    ctx, path, list(tensors), cap, name, tmp, limit
                 ),
             )
             stats = Stats.load(stats_path)
@@ -152,6 +156,17 @@ def _collect_child(
     except EdgeqError as e:
         err.write_text(json.dumps({"message": e.message, "hint": e.hint}))
         raise SystemExit(2) from None
+
+
+def collect_stats(
+    ctx: Context, path: Path, tensors: list[str], cap: Capture, name: str, out: Path, limit: int | None = None
+) -> None:
+    """Statistics into ``out``: on the build's Ray cluster where it has one, else in a child process.
+    Both give the same file contents (histograms merge exactly in any order)."""
+    if ctx.cluster is None:
+        collect_isolated(path, tensors, cap, name, out, limit)
+    else:
+        ctx.cluster.statistics(path, tensors, cap, name, limit, f"statistics {name}").save(out)
 
 
 def collect_isolated(

@@ -44,6 +44,7 @@ class BuildOptions:
     cache_dir: Path | None = None
     onnx_only: bool = False  # engine targets (TensorRT): stop at the engine-ready ONNX and its checks
     cpu: str | None = None  # CPU targets: the int8 kernel family to build for (None: the profile's [cpu] family)
+    cluster: str | None = None  # capture and statistics on Ray: "ray" (local) or an address; None: this process
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

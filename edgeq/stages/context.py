@@ -59,6 +59,7 @@ class Context:
     profile: Any  # edgeq.profiles.Profile
     export: Export
     stages: StageCache
+    cluster: Any = None  # edgeq.stages.cluster.RayCluster: capture and statistics run there (None: here)
 
     @property
     def spec(self):
@@ -98,7 +99,7 @@ def with_weight_bits(profile, bits: int):
     return replace(profile, components=comps)
 
 
-def prepare(opts: BuildOptions, log=print) -> Context:
+def prepare(opts: BuildOptions, log=print, cluster=None) -> Context:
     """Resolve the plan (profile first), then export (or reuse) the FP32 build."""
     from edgeq.frontend.export import ExportSettings, export
 
@@ -113,4 +114,4 @@ def prepare(opts: BuildOptions, log=print) -> Context:
         res = export(source, stages.root / folder, settings, log=log)
     from edgeq.manifest import read_manifest
 
-    return Context(opts, plan, source, profile, Export(res.folder, read_manifest(res.folder)), stages)
+    return Context(opts, plan, source, profile, Export(res.folder, read_manifest(res.folder)), stages, cluster)

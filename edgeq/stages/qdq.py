@@ -16,7 +16,7 @@ from edgeq.calibrate.grouping import Group
 from edgeq.fsutil import save_onnx, write_json
 from edgeq.quantize.gains import GAINS_FILE
 from edgeq.quantize.insert import QDQ_VERSION
-from edgeq.stages.calibration import ComponentStats, collect_isolated
+from edgeq.stages.calibration import ComponentStats, collect_stats
 from edgeq.stages.context import Context
 from edgeq.stages.mixed import float_shares, mixed_precision, unet_macs
 from edgeq.stages.plan import ComponentPlan, UnetPlan, node_lists
@@ -104,7 +104,7 @@ def unet_source(ctx: Context, cal: ComponentStats, shared: dict, cap: Capture) -
         lim = None if limit >= len(cap) else limit
         stats = ctx.stages.file(
             "stats-split", str(root), str(cap.folder), new, limit, suffix=".npz",
-            make=lambda tmp: collect_isolated(root / "model.onnx", new, cap, "unet", tmp, lim),
+            make=lambda tmp: collect_stats(ctx, root / "model.onnx", new, cap, "unet", tmp, lim),
         )  # fmt: skip
         cal = cal.with_extra(Stats.load(stats))
     return root / "model.onnx", splits, cal

@@ -24,7 +24,7 @@ def choose_smoothing(ctx: Context, cap: Capture, policy, decisions, tensors, log
 
     from edgeq.quantize.sensitivity import Evaluator, switchable_model
     from edgeq.quantize.smooth import channel_absmax, sites, write_smoothed
-    from edgeq.stages.calibration import ComponentStats, collect_isolated
+    from edgeq.stages.calibration import ComponentStats, collect_stats
     from edgeq.stages.mixed import unet_eval_samples
     from edgeq.stages.ranges import base_method, choose_ranges, make_groups
 
@@ -50,7 +50,7 @@ def choose_smoothing(ctx: Context, cap: Capture, policy, decisions, tensors, log
             path = fp32 if alpha is None else smoothed(alpha)
             stats_path = ctx.stages.file(
                 "stats-smooth", *inputs, alpha, suffix=".npz",
-                make=lambda tmp, path=path: collect_isolated(path, list(tensors), cap, "unet", tmp, limit),
+                make=lambda tmp, path=path: collect_stats(ctx, path, list(tensors), cap, "unet", tmp, limit),
             )  # fmt: skip
             cal = ComponentStats("unet", policy, decisions, tensors, Stats.load(stats_path))
             groups = make_groups(ctx, cal.stats)

@@ -90,4 +90,3 @@ def package_onnx(ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tup
         base["runtime"] = "onnxruntime"
         components[name] = base
     return files, components
-

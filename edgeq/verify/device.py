@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from edgeq.errors import EdgeqError
-from edgeq.runtime.groups import group_for
 from edgeq.verify.metrics import psnr_db, sqnr_db, ssim
 
 BUNDLE_DIR = "verify"
@@ -232,7 +231,9 @@ def markdown(r: DeviceCheck) -> str:
         where = f" group {g['group']}" if g["group"] is not None else ""
         op = ">=" if g["higher_is_better"] else "<="
         mark = "pass" if g["passed"] else "FAIL"
-        lines.append(f"- {mark}: {g['component']}{where} {g['metric']} = {g['value']:.4g} (needs {op} {g['threshold']:g})")
+        lines.append(
+            f"- {mark}: {g['component']}{where} {g['metric']} = {g['value']:.4g} (needs {op} {g['threshold']:g})"
+        )
     if r.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     return "\n".join(lines) + "\n"

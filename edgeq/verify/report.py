@@ -226,8 +226,8 @@ def _fidelity_markdown(cpu: dict[str, Any], fid: dict[str, Any]) -> list[str]:
         "| family | group | calls | exact vs FP32 dB | deployed vs FP32 dB | kernel gap dB |",
         "|---|---|---|---|---|---|",
     ]
-    runs = [("host", fid.get("host"))] + [(f, d) for f, d in fid.get("emulated", {}).items()]
-    for name, d in runs:
+    runs = [fid.get("host"), *fid.get("emulated", {}).values()]
+    for d in runs:
         if not d:
             continue
         label = d["family"] + (" (emulated)" if d.get("emulated") else " (this machine)")
