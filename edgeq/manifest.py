@@ -26,6 +26,7 @@ _LIBS = (
     "openvino",
     "tensorrt",
     "nncf",
+    "ray",
 )
 
 
