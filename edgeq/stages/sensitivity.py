@@ -26,12 +26,23 @@ def sensitivity_analysis(
     opts: BuildOptions, calls: int = 80, out: Path | None = None, log=print
 ) -> tuple[dict[str, Any], Path]:
     """Writes sensitivity.json, sensitivity.md, sensitivity.png (and tradeoff.png) into ``out``."""
+    if calls < 1:
+        raise EdgeqError(f"--calls must be at least 1, got {calls}")
+    from edgeq.stages.cluster import connect
+
+    cluster = connect(opts.cluster, log)  # capture and statistics there; the ranking runs here
+    try:
+        return _analysis(opts, calls, out, log, cluster)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _analysis(opts: BuildOptions, calls: int, out: Path | None, log, cluster) -> tuple[dict[str, Any], Path]:
     from edgeq.quantize.sensitivity import Evaluator, measure, search, switchable_model
     from edgeq.verify.report import _png, sensitivity_plot, tradeoff_plot
 
-    if calls < 1:
-        raise EdgeqError(f"--calls must be at least 1, got {calls}")
-    ctx = prepare(opts, log)
+    ctx = prepare(opts, log, cluster)
     cal_cap = capture_set(ctx, "calibration")
     cal = calibrate(ctx, cal_cap, log)["unet"]
     if not cal.quantized or not any(d.quantized for d in cal.decisions):
