@@ -98,7 +98,8 @@ class RayCluster:
         env = {"env_vars": {"EDGEQ_THREADS": os.environ.get("EDGEQ_THREADS", "1"), "PYTHONWARNINGS": "ignore"}}
         try:
             if spec.address is None:
-                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=env, **kwargs)
+                # "local": a new instance even where `ray start` already runs one (ray.init() would join it)
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=env, **kwargs)
             else:
                 ray.init(address=spec.address, runtime_env=env, **kwargs)
         except Exception as e:  # Ray raises ConnectionError, RuntimeError, ... with long messages
