@@ -142,7 +142,6 @@ def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "c
         for f in folder.glob("shard-*.npz"):
             f.unlink()
     write_json(index_path, {"settings": want, "complete": False})
-    timesteps: list[float] = []
     todo = [i for i in range(len(settings.prompts)) if not (folder / f"shard-{i:05d}.npz").is_file()]
     if todo and cluster is not None:
         cluster.capture(build, folder, settings, todo, desc)

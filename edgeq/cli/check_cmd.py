@@ -24,14 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, help="where to write device_report.json/.md (default: the build folder)")
 
 
-class _Result:
-    def __init__(self, passed: bool, gates: list[dict]):
-        self.passed, self.gates = passed, gates
-
-    def failed_gates(self) -> list[dict]:
-        return [g for g in self.gates if not g["passed"]]
-
-
 def run(args: argparse.Namespace) -> int:
     if args.full:
         from edgeq.stages.checks import check_folder
@@ -41,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         return exit_code(rep, "check")
     from edgeq.verify.device import device_check, write_report
 
-    res = device_check(args.build, images=not args.calls_only, write=False)
+    res = device_check(args.build, images=not args.calls_only)
     path = write_report(args.build, res, args.report)
     for n in res.notes:
         print(f"note: {n}")
@@ -50,4 +42,4 @@ def run(args: argparse.Namespace) -> int:
         f"{'PASSED' if res.passed else 'FAILED'} on {res.family}: kernel gap per group [{gaps}] dB; "
         f"report in {path.with_suffix('.md')}"
     )
-    return exit_code(_Result(res.passed, res.gates), "check")
+    return exit_code(res, "check")

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,9 @@ from edgeq.verify.device import BUNDLE, BUNDLE_DIR, BUNDLE_FORMAT, CALLS, IMAGES
 
 def exact_runner(unet: QuantizedUnet, mode: str):
     """The deployed variant's Q/DQ graphs as exact arithmetic (ONNX Runtime, no graph optimisation)."""
-    from edgeq.runtime.sessions import GainsRunner, GroupedRunner, OrtRunner
+    from edgeq.runtime.sessions import OrtRunner, one_or_grouped
 
-    groups = unet.group_dicts
-    if mode == "per-group" and unet.per_group_dir is not None:
-        return GroupedRunner(
-            [(OrtRunner(unet.per_group_dir / f"model.g{i}.onnx", optimize=False), g) for i, g in enumerate(groups)]
-        )
-    if mode == "gains" and unet.gains_dir is not None:
-        return GainsRunner(OrtRunner(unet.gains_dir / "model.onnx", optimize=False), unet.plan.gains)
-    return OrtRunner(unet.shared_dir / "model.onnx", optimize=False)
+    return unet.runner(mode, lambda graphs: one_or_grouped([(OrtRunner(p, optimize=False), g) for p, g in graphs]))
 
 
 def pick_calls(held: Capture, groups: list[dict], per_group: int) -> list[tuple[int, int]]:
@@ -53,9 +47,8 @@ def pick_calls(held: Capture, groups: list[dict], per_group: int) -> list[tuple[
         by_group.setdefault(group_for(groups, held.timesteps[s]), []).append((i, s))
     chosen = []
     for g in sorted(by_group):
-        calls = sorted(by_group[g], key=lambda c: (c[1], c[0]))
         # rotate prompts as the steps advance, so the chosen calls differ in prompt and in step
-        calls = sorted(calls, key=lambda c: ((c[0] - c[1]) % len(held.settings.prompts), c[1]))
+        calls = sorted(by_group[g], key=lambda c: ((c[0] - c[1]) % len(held.settings.prompts), c[1]))
         idx = np.unique(np.linspace(0, len(calls) - 1, min(per_group, len(calls))).round().astype(int))
         chosen += [calls[k] for k in idx]
     return sorted(chosen)
@@ -149,7 +142,7 @@ def emulated_check(stage: Path, family: str, log=print) -> DeviceCheck | None:
             log(f"  {family} (emulated): the check did not run (exit {r.returncode}): {r.stderr.strip()[-300:]}")
             return None
         res = DeviceCheck.from_dict(json.loads(path.read_text()))
-    return DeviceCheck(**{**res.__dict__, "emulated": True})
+    return replace(res, emulated=True)
 
 
 def check_fidelity(ctx: Context, target, unet: QuantizedUnet | None, mode: str, held: Capture, stage: Path, log=print):
@@ -160,7 +153,8 @@ def check_fidelity(ctx: Context, target, unet: QuantizedUnet | None, mode: str, 
     add_host_images(stage, runners)
     plan = ctx.plan
     runtime = target.runtime
-    host = device_check(stage, runners=runners, family=cpu_mod.effective_family(runtime), write=False, log=log)
+    # the files were just written and hashed by the pipeline that made the host images: no second pass
+    host = device_check(stage, runners=runners, family=cpu_mod.effective_family(runtime), recheck=False, log=log)
     emulated: dict[str, dict] = {}
     cpu = ctx.profile.cpu
     if unet is not None and mode != "float" and cpu is not None and cpu.check_other_families:

@@ -38,6 +38,22 @@ class QuantizedUnet:
     def group_dicts(self) -> list[dict]:
         return [g.to_dict() for g in self.groups]
 
+    def graphs(self, mode: str) -> list[tuple[Path, dict]]:
+        """The Q/DQ graphs of a variant with the group each serves (shared and gains: one graph)."""
+        groups = self.group_dicts
+        if mode == "per-group" and self.per_group_dir is not None:
+            return [(self.per_group_dir / f"model.g{i}.onnx", g) for i, g in enumerate(groups)]
+        if mode == "gains" and self.gains_dir is not None:
+            return [(self.gains_dir / "model.onnx", groups[0])]
+        return [(self.shared_dir / "model.onnx", groups[0])]
+
+    def runner(self, mode: str, make):
+        """A variant run by ``make(graphs)``, fed its gains row per call where it is the gains graph."""
+        from edgeq.runtime.sessions import GainsRunner
+
+        r = make(self.graphs(mode))
+        return GainsRunner(r, self.plan.gains) if mode == "gains" and self.gains_dir is not None else r
+
     def to_dict(self) -> dict:
         def path(p: Path | None) -> str | None:
             return None if p is None else str(p)

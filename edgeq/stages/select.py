@@ -34,22 +34,17 @@ class VariantMetrics:
 
 
 def check_variants(ctx: Context, target, unet: QuantizedUnet, held: Capture) -> VariantMetrics:
-    from edgeq.runtime.sessions import GainsRunner, LazyRunner
+    from edgeq.runtime.sessions import LazyRunner
     from edgeq.verify.checks import unet_groups
 
     groups = unet.group_dicts
     fp32 = LazyRunner(ctx.export.path("unet"))
     rows: dict[str, list[dict]] = {}
+    modes = ["shared"] + ["per-group"] * (unet.per_group_dir is not None) + ["gains"] * (unet.gains_dir is not None)
     with ctx.stages.timed("check_unet_s"):
-        runner = target.unet_runner(ctx, [(unet.shared_dir / "model.onnx", groups[0])])
-        rows["shared"] = unet_groups(fp32, runner, held, groups, "check unet (shared)")
-        if unet.per_group_dir is not None:
-            graphs = [(unet.per_group_dir / f"model.g{i}.onnx", g) for i, g in enumerate(groups)]
-            runner = target.unet_runner(ctx, graphs)
-            rows["per-group"] = unet_groups(fp32, runner, held, groups, "check unet (per-group)")
-        if unet.gains_dir is not None:
-            runner = GainsRunner(target.unet_runner(ctx, [(unet.gains_dir / "model.onnx", groups[0])]), unet.plan.gains)
-            rows["gains"] = unet_groups(fp32, runner, held, groups, "check unet (gains)")
+        for mode in modes:
+            runner = unet.runner(mode, lambda graphs: target.unet_runner(ctx, graphs))
+            rows[mode] = unet_groups(fp32, runner, held, groups, f"check unet ({mode})")
         del fp32, runner  # a full-size UNet session holds gigabytes; the packaging and checks follow
         gc.collect()
     return VariantMetrics(rows)

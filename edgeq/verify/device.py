@@ -66,8 +66,8 @@ class DeviceCheck:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
-    def worst_gap(self) -> float:
-        return max((g.gap_db for g in self.groups), default=0.0)
+    def failed_gates(self) -> list[dict]:
+        return [g for g in self.gates if not g["passed"]]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,9 +92,7 @@ def read_bundle(folder: Path) -> dict[str, Any]:
 
 
 def _sqnr(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
-    sig = sum(float((r.astype(np.float64) ** 2).sum()) for r in ref)
-    err = sum(float(((r.astype(np.float64) - g.astype(np.float64)) ** 2).sum()) for r, g in zip(ref, got))
-    return float("inf") if err == 0 else float(10 * np.log10(sig / err))
+    return sqnr_db(np.stack(ref), np.stack(got))
 
 
 def kernel_rows(bundle: dict[str, Any], calls: dict[str, np.ndarray], outputs: list[np.ndarray]) -> list[GroupFidelity]:
@@ -125,12 +123,12 @@ def device_check(
     folder: Path,
     runners: dict[str, Any] | None = None,
     family: str | None = None,
-    emulated: bool = False,
     images: bool = True,
-    write: bool = True,
+    recheck: bool = True,
     log=print,
 ) -> DeviceCheck:
-    """Verify the artifacts, run the bundle's UNet calls and images, gate them; write the device report."""
+    """Verify the artifacts, run the bundle's UNet calls and images, gate them (:func:`write_report`
+    writes the result). ``recheck=False``: trust the integrity stamp of files hashed moments ago."""
     from edgeq.manifest import read_manifest
     from edgeq.runtime import cpu as cpu_mod
     from edgeq.runtime import integrity
@@ -140,8 +138,8 @@ def device_check(
     t0 = time.time()
     folder = Path(folder)
     manifest = read_manifest(folder)
-    n = integrity.verify(folder, manifest, trust_stamp=False)
-    log(f"integrity: {n} files match their sha256")
+    n = integrity.verify(folder, manifest, trust_stamp=not recheck)
+    log(f"integrity: {len(manifest.get('artifacts', {}))} files match their sha256 ({n} hashed now)")
     bundle = read_bundle(folder)
     runtime = manifest["components"]["unet"].get("runtime", "onnxruntime")
     here = cpu_mod.detect()
@@ -197,12 +195,9 @@ def device_check(
         groups=rows,
         e2e=e2e,
         gates=[x.to_dict() for x in gates],
-        emulated=emulated,
         seconds=round(time.time() - t0, 1),
         notes=notes,
     )
-    if write:
-        write_report(folder, result)
     return result
 
 
