@@ -57,7 +57,7 @@ def test_edgeq_run_uses_openvino(ov_build, tmp_path):
     assert png.stat().st_size > 0
 
 
-def test_per_group_mode_writes_one_ir_per_group(tiny_models, tmp_path):
+def test_per_group_mode_writes_one_ir_per_group(tiny_models, sd15_cache, tmp_path):
     out = tmp_path / "pg"
     r = cli(
         "build",
@@ -75,7 +75,7 @@ def test_per_group_mode_writes_one_ir_per_group(tiny_models, tmp_path):
         "--out",
         str(out),
         "--cache-dir",
-        str(tmp_path / "c"),
+        str(sd15_cache),
     )
     assert r.returncode in (0, 3), r.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())
@@ -96,7 +96,7 @@ def test_missing_runtime_names_the_install_command(monkeypatch):
     assert "pip install 'edgeq[openvino]'" in str(e.value)
 
 
-def test_gains_mode_is_one_ir_with_a_gains_input(tiny_models, tmp_path):
+def test_gains_mode_is_one_ir_with_a_gains_input(tiny_models, sd15_cache, tmp_path):
     """--group-mode gains: one IR and one weights file for every group; the pipeline feeds the row of
     the call's group (edgeq run, without torch) and the checks measure it."""
     from conftest import run_without_torch
@@ -104,7 +104,7 @@ def test_gains_mode_is_one_ir_with_a_gains_input(tiny_models, tmp_path):
     out = tmp_path / "gains"
     r = cli(
         "build", str(tiny_models["sd15"]), "--target", "openvino", "--group-mode", "gains", "--groups", "2",
-        "--num-calib", "3", "--num-heldout", "2", "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+        "--num-calib", "3", "--num-heldout", "2", "--out", str(out), "--cache-dir", str(sd15_cache),
     )  # fmt: skip
     assert r.returncode in (0, 3), r.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())

@@ -125,7 +125,7 @@ def test_onnx_only_is_a_success(trt_build, tiny_sd_cache, tmp_path):
     out = tmp_path / "onnx-only"
     r = cli(
         "build", "tiny-sd", "--target", "tensorrt", "--onnx-only", "--out", str(out),
-        "--cache-dir", str(tiny_sd_cache), "--num-heldout", "4",
+        "--cache-dir", str(tiny_sd_cache), "--num-calib", "16", "--num-heldout", "4", "--group-mode", "shared",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / "manifest.json").read_text())["engines_status"]["reason"] == "--onnx-only"
@@ -168,11 +168,11 @@ def test_bad_tensorrt_section_is_a_user_error(bad, message):
         TrtOptions.from_profile(bad)
 
 
-def test_per_group_mode_writes_one_graph_and_one_trtexec_command_per_group(tiny_models, tmp_path):
+def test_per_group_mode_writes_one_graph_and_one_trtexec_command_per_group(tiny_models, sd15_cache, tmp_path):
     out = tmp_path / "pg"
     r = cli(
         "build", str(tiny_models["sd15"]), "--target", "tensorrt", "--onnx-only", "--group-mode", "per-group",
-        "--groups", "2", "--num-calib", "3", "--num-heldout", "2", "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+        "--groups", "2", "--num-calib", "3", "--num-heldout", "2", "--out", str(out), "--cache-dir", str(sd15_cache),
     )  # fmt: skip
     assert r.returncode in (0, 3), r.stderr[-2000:]  # random weights may fail a quality gate; the layout is the point
     m = json.loads((out / "manifest.json").read_text())

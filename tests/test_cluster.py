@@ -20,7 +20,7 @@ from conftest import cli
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'edgeq[ray]' (the dev extra has it)")
 
-ARGS = ("--num-calib", "12", "--num-heldout", "1", "--groups", "2")
+ARGS = ("--num-calib", "8", "--num-heldout", "1", "--groups", "2")
 TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": __import__("uuid").uuid4().hex}
 
 

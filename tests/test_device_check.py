@@ -56,7 +56,8 @@ def test_saturating_flavour_is_caught_where_it_saturates(target_build, tmp_path,
         assert not any("x86-novnni" in g["metric"] for g in _report(out)["gates"])
         portable = tmp_path / "portable"
         r = cli(
-            "build", "tiny-sd", "--target", "openvino", "--cpu", "portable", *SMALL, "--out", str(portable),
+            "build", "tiny-sd", "--target", "openvino", "--cpu", "portable", *SMALL, "--group-mode", "shared",
+            "--out", str(portable),
             "--cache-dir", str(tiny_sd_cache),
         )  # fmt: skip
         assert r.returncode == 0, r.stderr[-3000:]

@@ -21,7 +21,7 @@ def cache(tmp_path_factory, tiny_sd_cache):
 def test_sensitivity_ranks_nodes_and_searches_to_a_goal(cache):
     out = cache / "sens"
     r = cli(
-        "sensitivity", "tiny-sd", "--target", "ort-cpu", "--calls", "8", "--goal-sqnr", "32.6",
+        "sensitivity", "tiny-sd", "--target", "ort-cpu", "--calls", "4", "--goal-sqnr", "32.6",
         "--out", str(out), "--cache-dir", str(cache / "cache"),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
