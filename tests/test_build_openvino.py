@@ -114,6 +114,7 @@ def test_gains_mode_is_one_ir_with_a_gains_input(tiny_models, sd15_cache, tmp_pa
     gains = json.loads((out / "unet" / "gains.json").read_text())
     assert gains["input"] == "edgeq_gains" and len(gains["table"]) == 2 and len(gains["groups"]) == 2
     assert m["quantization"]["group_mode"] == "gains" and "gains" in m["quantization"]["variants"]
+    assert m["genai"]["ready"] is False and "gains input" in m["genai"]["reason"]  # GenAI cannot feed it
     res = run_without_torch(out, tmp_path / "img.png", "a red circle", also_loaded=("openvino",))
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "img.png").stat().st_size > 0

@@ -121,6 +121,7 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
         precision=q.get("precision", {}),
         cpu=manifest.get("cpu", {}),
         kernel_fidelity=manifest.get("kernel_fidelity", {}),
+        genai=manifest.get("genai", {}),
     )
     report_mod.write(folder, rep, grid)
     report_files = ["report.json", "report.md", "report.html", "grid.png", "sqnr_per_group.png"]

@@ -203,6 +203,20 @@ class RayCluster:
 _SESSIONS: dict[tuple, Any] = {}  # per worker process: sessions reused across tasks
 
 
+def _one_model_per_worker(keep: str) -> None:
+    """Free what the worker's other kind of task keeps (capture: the FP32 pipeline; statistics: the
+    augmented UNet session), so that a worker never holds two copies of the weights. At SD1.5 size
+    each is 7-9 GB: a worker that kept its capture pipeline into the statistics held 16 GB."""
+    import gc
+
+    from edgeq.calibrate import collect
+
+    dropped = bool(_SESSIONS) if keep == "statistics" else bool(collect._SESSION)
+    (_SESSIONS if keep == "statistics" else collect._SESSION).clear()
+    if dropped:
+        gc.collect()
+
+
 def _remote(fn):
     import ray
 
@@ -230,6 +244,7 @@ def _capture_impl(build: str, folder: str, settings: dict, i: int) -> int:
     from edgeq.calibrate.capture import CaptureSettings, capture_shard
     from edgeq.runtime.pipeline import Pipeline
 
+    _one_model_per_worker("capture")
     key = ("pipeline", build)
     if key not in _SESSIONS:
         _SESSIONS.clear()  # one model at a time per worker
@@ -243,6 +258,7 @@ def _stats_impl(path: str, tensors: list[str], cap: dict, name: str, shards: lis
     from edgeq.calibrate.capture import Capture
     from edgeq.calibrate.collect import collect_shards
 
+    _one_model_per_worker("statistics")
     return collect_shards(Path(path), tensors, Capture.from_dict(cap), name, shards, timesteps, reuse=True)
 
 

@@ -117,6 +117,7 @@ def package(
         "quant_counts": quant_counts(cals),
         "timings": dict(ctx.timings),
     }
+    manifest.update(target.manifest_entries())
     status = target.engines_status(ctx, Path(ctx.plan.out))
     if status is not None:
         manifest["engines_status"] = status

@@ -58,6 +58,10 @@ class Target:
         """Write the deployable into ``stage``; return its files and the manifest's component entries."""
         raise NotImplementedError
 
+    def manifest_entries(self) -> dict[str, Any]:
+        """Top-level manifest entries of the folder :meth:`package` wrote (for example what else runs it)."""
+        return {}
+
     def unet_runner(self, ctx, graphs: list[tuple[Path, dict]]):
         """How the checks run a UNet variant (its Q/DQ ONNX graphs, one per group) on this target."""
         raise NotImplementedError

@@ -44,6 +44,8 @@ class Report:
     # (``host``: this machine; ``emulated``: families computed by capping the runtime's instruction set)
     cpu: dict[str, Any] = field(default_factory=dict)
     kernel_fidelity: dict[str, Any] = field(default_factory=dict)
+    # other runtimes that run the folder as it is (openvino: OpenVINO GenAI), or why not
+    genai: dict[str, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -273,6 +275,13 @@ def _markdown(r: Report) -> str:
     lines += _usability_markdown(r.usability)
     if r.engines:
         lines += ["", "## Engines", ""] + [f"- {k}: {v}" for k, v in r.engines.items()]
+    if r.genai:
+        lines += ["", "## OpenVINO GenAI", ""]
+        if r.genai.get("ready"):
+            lines.append(f"This folder runs in OpenVINO GenAI as it is ({', '.join(r.genai['pipelines'])}): ")
+            lines.append(f"`{r.genai['usage']}`")
+        else:
+            lines.append(f"Not a GenAI folder: {r.genai['reason']}.")
     lines += _precision_markdown(r.precision)
     lines += ["", "## Quantized nodes", ""]
     for comp, c in r.quantized.items():

@@ -8,10 +8,13 @@ bf16 or f32 (read from the compiled model's runtime graph).
 
 Per-group mode: one IR per timestep group. IR files cannot point into another model's weights file,
 so each group's ``.bin`` holds its own copy of the weights: disk and memory cost x groups.
+
+Shared mode: the folder is also one OpenVINO GenAI runs as it is (:mod:`.genai`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections import Counter
@@ -22,6 +25,7 @@ from typing import Any
 from edgeq.runtime.sessions import component_runner, one_or_grouped
 from edgeq.targets.base import Target
 from edgeq.targets.common import graphs_of, onnx_layout
+from edgeq.targets.openvino import genai
 
 COMPUTE_LAYERS = ("Convolution", "MatMul", "FullyConnected", "GroupConvolution", "Deconvolution")
 
@@ -46,9 +50,17 @@ class OpenVinoOptions:
         default="LATENCY",
         metadata={"choices": ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"), "help": "OpenVINO performance hint"},
     )
+    genai: str = field(
+        default="auto",
+        metadata={
+            "choices": ("auto", "off"),
+            "help": "auto: a build GenAI can run (one UNet graph) is also an OpenVINO GenAI folder; off: never",
+        },
+    )
 
 
 def _options(ctx_or_info: dict[str, Any]) -> dict[str, str]:
+    """The runner's options (device, precision hint, performance hint) from the profile or the manifest."""
     return {
         "device": str(ctx_or_info.get("device", "CPU")),
         "inference_precision": str(ctx_or_info.get("inference_precision", "f32")),
@@ -80,11 +92,30 @@ class OpenVinoRunner:
         self.request = self.compiled.create_infer_request()
         self.input_names = [n for i in self.compiled.inputs for n in i.get_names()]
         self.outputs = list(self.compiled.outputs)
+        # inputs whose type differs from what edgeq's pipeline feeds (a GenAI folder's int64 timestep [1]
+        # and token ids): name -> (numpy type, rank)
+        self._ports = {
+            n: (i.get_element_type().to_dtype(), i.get_partial_shape().rank.get_length())
+            for i in self.compiled.inputs
+            for n in i.get_names()
+        }
+
+    def _feed(self, name: str, value: Any) -> Any:
+        import numpy as np
+
+        dtype, rank = self._ports[name]
+        v = np.asarray(value)
+        if v.dtype == dtype and v.ndim == rank:
+            return value
+        if np.issubdtype(dtype, np.integer) and not np.issubdtype(v.dtype, np.integer):
+            v = np.rint(v)  # a GenAI UNet takes integer timesteps, as GenAI and optimum-intel feed them
+        v = v.astype(dtype)
+        return v.reshape((1,) * (rank - v.ndim) + v.shape) if v.ndim < rank else v
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        res = self.request.infer({k: v for k, v in feeds.items() if k in self.input_names})
+        res = self.request.infer({k: self._feed(k, v) for k, v in feeds.items() if k in self.input_names})
         # an output tensor may carry several names (the ONNX name and internal ones): answer to all
         return {name: np.array(res[o]) for o in self.outputs for name in o.get_names()}
 
@@ -100,29 +131,48 @@ class OpenVinoRunner:
         return dict(sorted(counts.items()))
 
 
-def _convert(src: Path, xml: Path) -> None:
+def _convert(src: Path, xml: Path, int64_inputs: dict[str, list[int] | None] | None = None) -> None:
+    """ONNX to IR; ``int64_inputs``: inputs retyped to int64 (of the given shape) for GenAI."""
     import openvino as ov
 
-    ov.save_model(ov.convert_model(str(src)), str(xml), compress_to_fp16=False)
+    model = ov.convert_model(str(src))
+    for name, shape in (int64_inputs or {}).items():
+        genai.int64_input(model, name, shape)
+    ov.save_model(model, str(xml), compress_to_fp16=False)
 
 
 def package(
-    ctx, stage: Path, unet, mode: str, vae_dir: Path | None, opts: dict[str, str]
-) -> tuple[list[Path], dict[str, Any]]:
-    """The ONNX Runtime layout first (in a temporary folder), then every graph converted to IR."""
+    ctx, stage: Path, unet, mode: str, vae_dir: Path | None, opts: dict[str, str], genai_opt: str = "auto"
+) -> tuple[list[Path], dict[str, Any], dict[str, Any]]:
+    """The ONNX Runtime layout first (in a temporary folder), then every graph converted to IR; in a
+    GenAI folder, the IRs are ``openvino_model.xml`` with GenAI's input types, plus its extra files."""
     tmp, files, onnx_comps = onnx_layout(ctx, stage, unet, mode, vae_dir)
+    em = ctx.export_manifest
+    sched_class = json.loads((ctx.export_dir / em["scheduler_config"]).read_text()).get("_class_name", "")
+    why_not = genai.blocker(mode, em, sched_class, genai_opt)
     comps: dict[str, Any] = {}
+    if why_not is None and ctx.export.has("vae_encoder"):  # GenAI's image-to-image and inpainting need it
+        onnx_comps = {**onnx_comps, "vae_encoder": {**em["components"]["vae_encoder"]}}
+        onnx_comps["vae_encoder"].pop("validation", None)
+        shutil.copy2(ctx.export_dir / "vae_encoder" / "config.json", _mkdir(stage / "vae_encoder") / "config.json")
+        files.append(stage / "vae_encoder" / "config.json")
     for name, info in onnx_comps.items():
         new_graphs = []
         precisions: dict[str, int] = {}
+        src_root = ctx.export_dir if name == "vae_encoder" else tmp
+        retype = genai.INT64_INPUTS.get(name) if why_not is None else None
         for g in graphs_of(info):
             rel = Path(g["path"]).with_suffix(".xml")
+            if why_not is None:
+                rel = rel.with_name(genai.MODEL_FILE)
             (stage / rel.parent).mkdir(parents=True, exist_ok=True)
-            _convert(tmp / g["path"], stage / rel)
+            _convert(src_root / g["path"], stage / rel, retype)
             files += [stage / rel, (stage / rel).with_suffix(".bin")]
             new_graphs.append({**g, "path": str(rel)})
             precisions = OpenVinoRunner(stage / rel, **opts, cache=False).layer_precisions()
         entry = {k: v for k, v in info.items() if k not in ("graphs", "path")}
+        if retype:
+            entry["inputs"] = genai.retyped_inputs(entry.get("inputs", []), retype)
         if "graphs" in info:
             entry["graphs"] = new_graphs
         else:
@@ -137,7 +187,14 @@ def package(
         )
         comps[name] = entry
     shutil.rmtree(tmp)
-    return files, comps
+    if why_not is None:
+        files += genai.write_extras(stage, em)
+    return files, comps, genai.status(why_not)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _runner(build: Path, info: dict[str, Any]):
@@ -158,7 +215,12 @@ class OpenVinoTarget(Target):
         return _options(asdict(self.options))
 
     def package(self, ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
-        return package(ctx, stage, unet, mode, vae_dir, self._opts())
+        files, comps, self._genai = package(ctx, stage, unet, mode, vae_dir, self._opts(), self.options.genai)
+        return files, comps
+
+    def manifest_entries(self) -> dict[str, Any]:
+        """Whether the build is also an OpenVINO GenAI folder, and if not, why."""
+        return {"genai": self._genai} if getattr(self, "_genai", None) else {}
 
     def runners(self) -> dict[str, Any]:
         return {"openvino": _runner}
