@@ -6,7 +6,7 @@ For each mode, a fresh cache (the FP32 export copied in) and ``edgeq calibrate M
 statistics): wall time and the statistics files' contents, which must be identical. Ray's per-task
 overhead: no-op tasks on a local Ray. The projection for W one-core workers keeps what stays
 serial (Ray's start, workers loading the model, the driver's merge) and divides the work
-(single-process seconds x cores, since the single process already uses every core).
+(capture over prompts, statistics over calls; see ``project``).
 
     python tools/bench_cluster.py [--model tiny-sd] [--num-calib N] [--workers 8 32]
     python tools/make_sd15_shaped.py && python tools/bench_cluster.py --model build/sd15-shaped
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -104,7 +105,10 @@ def main() -> None:
     )
     ap.add_argument("--workers", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--work", type=Path, default=None, help="default: build/cluster-bench[-<model folder>]")
+    ap.add_argument("--render", type=Path, help="only re-render the tables from a saved benchmarks/cluster_*.json")
     args = ap.parse_args()
+    if args.render:
+        return render(json.loads(args.render.read_text()), args.workers)
     name = Path(args.model).name
     work = args.work or ROOT / "build" / ("cluster-bench" if name == "tiny-sd" else f"cluster-bench-{name}")
     base = work / "base"
@@ -117,54 +121,84 @@ def main() -> None:
         cache = work / mode.replace(" ", "-")
         shutil.rmtree(cache, ignore_errors=True)
         shutil.copytree(base / "fp32", cache / "fp32")
+        t0 = time.time()
         secs, log, peak = run([*common, *extra, "--cache-dir", str(cache)])
         merges = [float(m) for m in re.findall(r"partials merged on the driver in ([0-9.]+) s", log)]
-        prompts = len(list(next(cache.glob("capture-calibration-*")).glob("shard-*.npz")))
+        cap_dir = next(cache.glob("capture-calibration-*"))
+        captured = (cap_dir / "capture.json").stat().st_mtime  # the capture's end: statistics start
         res[mode] = {
             "seconds": round(secs, 1),
+            "capture_s": round(captured - t0, 1),
+            "statistics_s": round(t0 + secs - captured, 1),
             "peak_rss_gb": round(peak, 2),
             "stats": stats_bytes(cache),
             "merge_s": sum(merges),
-            "prompts": prompts,
+            "prompts": len(list(cap_dir.glob("shard-*.npz"))),
         }
         print(mode, res[mode]["seconds"], "s", f"{peak:.2f} GB", flush=True)
-    identical = res["single process"]["stats"] == res["local Ray"]["stats"]
-    per_task = task_overhead()
-    cpu = detect()
-    single, ray_s = res["single process"]["seconds"], res["local Ray"]["seconds"]
-    # The single process already uses every core (ONNX Runtime's threads); the cluster runs one
-    # single-threaded worker per core. So the work is single x cores core-seconds, and what the cluster
-    # adds beyond it (Ray's start, each worker loading the model, the driver's merges) is serial.
-    cores = os.cpu_count() or 1
-    work = single * cores
-    startup = max(ray_s - single, 0.0)
-    prompts = res["single process"]["prompts"]
-    tasks = prompts + 2 * 2 * cores  # capture tasks + statistics tasks (2 components)
-    proj = {w: round(startup + work / w + tasks * per_task / w, 1) for w in args.workers}
+    payload = {
+        "model": name,
+        "command": f"edgeq calibrate{' ' + ' '.join(calib) if calib else ''}",
+        "cpu": detect().to_dict(),
+        "cpu_describe": detect().describe(),
+        "cores": os.cpu_count() or 1,
+        "ray": library_versions().get("ray", "?"),
+        "results": res,
+        "per_task_s": task_overhead(),
+    }
+    render(payload, args.workers)
+
+
+def project(payload: dict, w: int, prompts: int | None = None) -> float:
+    """Projected wall seconds on ``w`` one-core workers, for the measured or another prompt count.
+
+    Capture parallelises over prompts only (one task per prompt): each worker runs ceil(P / W) prompts
+    at the one-core time per prompt the local Ray run measured (model load included). Statistics
+    parallelise over calls (tasks over chunks of calls, up to 2 per worker): the core-seconds of the
+    local Ray run's statistics, divided by W (the statistics read the same number of calls however
+    many prompts there are: ``--calib-calls``). The driver's merges and the per-task overhead stay serial.
+    """
+    ray_r, cores = payload["results"]["local Ray"], payload["cores"]
+    measured = ray_r["prompts"]
+    p = prompts or measured
+    per_prompt = ray_r["capture_s"] / math.ceil(measured / cores)
+    stats_core_s = ray_r["statistics_s"] * cores  # the same calls (--calib-calls) however many prompts
+    tasks = p + 2 * 2 * w
+    return round(
+        math.ceil(p / w) * per_prompt + stats_core_s / w + ray_r["merge_s"] + tasks * payload["per_task_s"] / w, 1
+    )
+
+
+def render(payload: dict, workers: list[int]) -> None:
+    res, cores, name = payload["results"], payload["cores"], payload["model"]
+    single, ray_r = res["single process"], res["local Ray"]
+    identical = single["stats"] == ray_r["stats"]
+    prompts = single["prompts"]
+    many = 32  # what TensorRT Model Optimizer calibrates on (32-64 prompts)
+    single_many = round(single["capture_s"] * many / prompts + single["statistics_s"], 1)
     lines = [
-        f"{name}, `edgeq calibrate{' ' + ' '.join(calib) if calib else ''}` ({prompts} prompts; capture + statistics), "
-        "fresh caches; "
-        f"{os.cpu_count()} cores; CPU {cpu.describe()}; ray {library_versions().get('ray', '?')}",
+        f"{name}, `{payload['command']}` ({prompts} prompts; capture + statistics), fresh caches; "
+        f"{cores} cores; CPU {payload['cpu_describe']}; ray {payload['ray']}",
         "",
-        "| mode | wall s | peak RSS GB (all processes) | statistics identical to single process |",
-        "|---|---|---|---|",
-        f"| single process | {single:.1f} | {res['single process']['peak_rss_gb']:.2f} | - |",
-        f"| local Ray, {os.cpu_count()} workers | {ray_s:.1f} | {res['local Ray']['peak_rss_gb']:.2f} | "
-        f"{'yes' if identical else '**no**'} |",
+        "| mode | wall s | capture s | statistics s | peak RSS GB (all processes) | statistics identical |",
+        "|---|---|---|---|---|---|",
+        f"| single process | {single['seconds']:.1f} | {single['capture_s']:.1f} | {single['statistics_s']:.1f} | "
+        f"{single['peak_rss_gb']:.2f} | - |",
+        f"| local Ray, {cores} workers | {ray_r['seconds']:.1f} | {ray_r['capture_s']:.1f} | "
+        f"{ray_r['statistics_s']:.1f} | {ray_r['peak_rss_gb']:.2f} | {'yes' if identical else '**no**'} |",
         "",
-        f"Ray per-task overhead (no-op tasks): {1000 * per_task:.2f} ms. Driver merge of the partials: "
-        f"{res['local Ray']['merge_s']:.2f} s. Serial part (Ray's start, workers loading the model, the driver's "
-        f"merges: the cluster run minus the single process, which already used all {cores} cores): {startup:.1f} s; "
-        f"parallel work: {work:.0f} core-seconds.",
+        f"Ray per-task overhead (no-op tasks): {1000 * payload['per_task_s']:.2f} ms. Driver merge of the partials: "
+        f"{ray_r['merge_s']:.2f} s. Capture parallelises over prompts (one task each), statistics over calls "
+        "(the same calls for any number of prompts).",
         "",
-        "| workers (1 core each) | projected wall s (serial + work / W + tasks x overhead / W) |",
-        "|---|---|",
-        *(f"| {w} | {t} |" for w, t in proj.items()),
+        f"| workers (1 core each) | projected wall s, {prompts} prompts | projected wall s, {many} prompts |",
+        "|---|---|---|",
+        f"| 1 process, {cores} cores (measured / scaled) | {single['seconds']:.1f} | {single_many} |",
+        *(f"| {w} | {project(payload, w)} | {project(payload, w, many)} |" for w in workers),
     ]
     md = "\n".join(lines) + "\n"
     print(md)
     (ROOT / "benchmarks" / f"cluster_{name}.md").write_text(md)
-    payload = {"cpu": cpu.to_dict(), "results": res, "per_task_s": per_task, "projection": proj, "identical": identical}
     (ROOT / "benchmarks" / f"cluster_{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
 
 

@@ -179,15 +179,18 @@ class RayCluster:
         )
 
     def statistics(self, path: Path, tensors: list[str], cap, name: str, limit: int | None, desc: str):
-        """Per-step histograms of ``tensors`` over the capture's calls: partials per chunk of prompt
-        shards (Ray's object store), merged on the driver; merges are exact and order-free."""
+        """Per-step histograms of ``tensors`` over the capture's calls: partials per chunk of calls
+        (Ray's object store), merged on the driver; merges are exact and order-free. Chunks are made of
+        calls, not prompts: full-size models calibrate on few prompts (2 by default), and tasks per
+        prompt would leave every worker past the second idle."""
         from edgeq.calibrate.collect import Stats, shard_plan
         from edgeq.calibrate.histogram import Hist
 
         self.check_shared(cap.folder)
         shards, timesteps = shard_plan(cap, name, limit)
-        n_tasks = min(len(shards), 2 * self.workers)
-        chunks = [shards[k::n_tasks] for k in range(n_tasks)]
+        units = [(i, [s]) for i, steps in shards for s in steps] if name == "unet" else shards
+        n_tasks = min(len(units), 2 * self.workers)
+        chunks = [_by_shard(units[k::n_tasks]) for k in range(n_tasks)]
         args = [(str(path), list(tensors), cap.to_dict(), name, c, timesteps) for c in chunks]
         parts = self.map(_stats_task, args, f"{desc} ({self.workers} workers)", "task")
         import time
@@ -197,6 +200,14 @@ class RayCluster:
         total.merge_in(parts)
         self.log(f"{desc}: {len(parts)} partials merged on the driver in {time.perf_counter() - t0:.2f} s")
         return total
+
+
+def _by_shard(units: list[tuple[int, list[int] | None]]) -> list[tuple[int, list[int] | None]]:
+    """Calls of a chunk grouped by prompt shard (each shard file read once per task)."""
+    out: dict[int, list[int] | None] = {}
+    for i, steps in units:
+        out[i] = None if steps is None else [*(out.get(i) or []), *steps]
+    return sorted(out.items())
 
 
 # -- the tasks: plain functions made remote on first use (Ray is imported only with --cluster) ------
