@@ -43,12 +43,8 @@ def build(opts: BuildOptions, until: str | None = None, log=print) -> BuildResul
 
     t_start = time.time()
     target = get_target(opts.target)  # a bad profile or a missing runtime fails before any work
-    cluster = connect(opts.cluster, log)  # an unreachable cluster fails before any work too
-    try:
+    with connect(opts.cluster, log) as cluster:  # an unreachable cluster fails before any work too
         return _run(opts, target, until, log, t_start, cluster)
-    finally:
-        if cluster is not None:
-            cluster.close()
 
 
 def _run(opts: BuildOptions, target, until: str | None, log, t_start: float, cluster) -> BuildResult:

@@ -136,11 +136,12 @@ def main() -> None:
             "prompts": len(list(cap_dir.glob("shard-*.npz"))),
         }
         print(mode, res[mode]["seconds"], "s", f"{peak:.2f} GB", flush=True)
+    cpu = detect()
     payload = {
         "model": name,
         "command": f"edgeq calibrate{' ' + ' '.join(calib) if calib else ''}",
-        "cpu": detect().to_dict(),
-        "cpu_describe": detect().describe(),
+        "cpu": cpu.to_dict(),
+        "cpu_describe": cpu.describe(),
         "cores": os.cpu_count() or 1,
         "ray": library_versions().get("ray", "?"),
         "results": res,

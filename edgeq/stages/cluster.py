@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,12 @@ class RayCluster:
         if self.ray.is_initialized():
             self.ray.shutdown()
 
+    def __enter__(self) -> RayCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # -- shared storage ------------------------------------------------------------------------------
     def check_shared(self, folder: Path) -> None:
         """Every node sees ``folder`` at the same path (shards and the export are files there)."""
@@ -193,8 +201,6 @@ class RayCluster:
         chunks = [_by_shard(units[k::n_tasks]) for k in range(n_tasks)]
         args = [(str(path), list(tensors), cap.to_dict(), name, c, timesteps) for c in chunks]
         parts = self.map(_stats_task, args, f"{desc} ({self.workers} workers)", "task")
-        import time
-
         t0 = time.perf_counter()
         total = Stats(list(tensors), timesteps, {t: [Hist.empty() for _ in timesteps] for t in tensors})
         total.merge_in(parts)
@@ -214,17 +220,15 @@ def _by_shard(units: list[tuple[int, list[int] | None]]) -> list[tuple[int, list
 _SESSIONS: dict[tuple, Any] = {}  # per worker process: sessions reused across tasks
 
 
-def _one_model_per_worker(keep: str) -> None:
-    """Free what the worker's other kind of task keeps (capture: the FP32 pipeline; statistics: the
-    augmented UNet session), so that a worker never holds two copies of the weights. At SD1.5 size
-    each is 7-9 GB: a worker that kept its capture pipeline into the statistics held 16 GB."""
+def _drop(sessions: dict) -> None:
+    """Free what the worker's other kind of task keeps (capture: the FP32 pipeline in ``_SESSIONS``;
+    statistics: the augmented UNet session in ``collect._SESSION``), so that a worker never holds two
+    copies of the weights. At SD1.5 size each is 7-9 GB: a worker that kept its capture pipeline into
+    the statistics held 16 GB."""
     import gc
 
-    from edgeq.calibrate import collect
-
-    dropped = bool(_SESSIONS) if keep == "statistics" else bool(collect._SESSION)
-    (_SESSIONS if keep == "statistics" else collect._SESSION).clear()
-    if dropped:
+    if sessions:
+        sessions.clear()
         gc.collect()
 
 
@@ -252,10 +256,11 @@ def _probe_impl(path: str) -> str:
 
 
 def _capture_impl(build: str, folder: str, settings: dict, i: int) -> int:
+    from edgeq.calibrate import collect
     from edgeq.calibrate.capture import CaptureSettings, capture_shard
     from edgeq.runtime.pipeline import Pipeline
 
-    _one_model_per_worker("capture")
+    _drop(collect._SESSION)
     key = ("pipeline", build)
     if key not in _SESSIONS:
         _SESSIONS.clear()  # one model at a time per worker
@@ -269,7 +274,7 @@ def _stats_impl(path: str, tensors: list[str], cap: dict, name: str, shards: lis
     from edgeq.calibrate.capture import Capture
     from edgeq.calibrate.collect import collect_shards
 
-    _one_model_per_worker("statistics")
+    _drop(_SESSIONS)
     return collect_shards(Path(path), tensors, Capture.from_dict(cap), name, shards, timesteps, reuse=True)
 
 
@@ -278,5 +283,7 @@ _capture_task = _Lazy(_capture_impl)
 _stats_task = _Lazy(_stats_impl)
 
 
-def connect(value: str | None, log=print) -> RayCluster | None:
-    return None if value is None else RayCluster(ClusterSpec.parse(value), log)
+def connect(value: str | None, log=print) -> AbstractContextManager[RayCluster | None]:
+    """``with connect(opts.cluster) as cluster``: the build's Ray connection (None: no cluster),
+    closed (a local instance stopped) when the block ends."""
+    return nullcontext(None) if value is None else RayCluster(ClusterSpec.parse(value), log)

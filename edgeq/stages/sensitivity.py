@@ -30,12 +30,8 @@ def sensitivity_analysis(
         raise EdgeqError(f"--calls must be at least 1, got {calls}")
     from edgeq.stages.cluster import connect
 
-    cluster = connect(opts.cluster, log)  # capture and statistics there; the ranking runs here
-    try:
+    with connect(opts.cluster, log) as cluster:  # capture and statistics there; the ranking runs here
         return _analysis(opts, calls, out, log, cluster)
-    finally:
-        if cluster is not None:
-            cluster.close()
 
 
 def _analysis(opts: BuildOptions, calls: int, out: Path | None, log, cluster) -> tuple[dict[str, Any], Path]:

@@ -154,7 +154,8 @@ def package(
     if why_not is None and ctx.export.has("vae_encoder"):  # GenAI's image-to-image and inpainting need it
         onnx_comps = {**onnx_comps, "vae_encoder": {**em["components"]["vae_encoder"]}}
         onnx_comps["vae_encoder"].pop("validation", None)
-        shutil.copy2(ctx.export_dir / "vae_encoder" / "config.json", _mkdir(stage / "vae_encoder") / "config.json")
+        (stage / "vae_encoder").mkdir()
+        shutil.copy2(ctx.export_dir / "vae_encoder" / "config.json", stage / "vae_encoder" / "config.json")
         files.append(stage / "vae_encoder" / "config.json")
     for name, info in onnx_comps.items():
         new_graphs = []
@@ -192,11 +193,6 @@ def package(
     return files, comps, genai.status(why_not)
 
 
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _runner(build: Path, info: dict[str, Any]):
     opts = _options(info.get("openvino", {}))
     return component_runner(lambda p: OpenVinoRunner(p, **opts), build, info)
@@ -210,6 +206,7 @@ class OpenVinoTarget(Target):
     install = "pip install 'edgeq[openvino]'"
     section = "openvino"
     Options = OpenVinoOptions
+    _genai: dict[str, Any] | None = None  # set by package(): the manifest's ``genai`` entry
 
     def _opts(self) -> dict[str, str]:
         return _options(asdict(self.options))
@@ -220,7 +217,7 @@ class OpenVinoTarget(Target):
 
     def manifest_entries(self) -> dict[str, Any]:
         """Whether the build is also an OpenVINO GenAI folder, and if not, why."""
-        return {"genai": self._genai} if getattr(self, "_genai", None) else {}
+        return {"genai": self._genai} if self._genai else {}
 
     def runners(self) -> dict[str, Any]:
         return {"openvino": _runner}

@@ -26,6 +26,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgeq.fsutil import write_json
+
 # GenAI 2026.4's schedulers (src/cpp/src/image_generation/schedulers/types.cpp; no DPM-Solver++)
 GENAI_SCHEDULERS = frozenset(
     {
@@ -37,11 +39,7 @@ GENAI_SCHEDULERS = frozenset(
         "FlowMatchEulerDiscreteScheduler",
     }
 )
-DIFFUSERS_CLASS = {
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler",
-}
+DIFFUSERS_CLASS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler"}  # edgeq's that GenAI has
 MODEL_FILE = "openvino_model.xml"
 # inputs GenAI feeds as int64 (with the shape it gives them; None: the graph's own)
 INT64_INPUTS: dict[str, dict[str, list[int] | None]] = {
@@ -69,7 +67,7 @@ def blocker(mode: str, export_manifest: dict[str, Any], scheduler_class: str, op
         if importlib.util.find_spec(mod) is None:
             return f"{pkg} is not installed (it converts the tokenizer): pip install 'edgeq[openvino]'"
     default = export_manifest["pipeline"]["scheduler"]
-    if DIFFUSERS_CLASS.get(default) not in GENAI_SCHEDULERS and scheduler_class not in GENAI_SCHEDULERS:
+    if default not in DIFFUSERS_CLASS and scheduler_class not in GENAI_SCHEDULERS:
         return f"neither edgeq's scheduler '{default}' nor the model's {scheduler_class} is one GenAI implements"
     return None
 
@@ -136,12 +134,12 @@ def write_extras(stage: Path, export_manifest: dict[str, Any]) -> list[Path]:
     index_path = stage / "model_index.json"
     index = json.loads(index_path.read_text())
     index.setdefault("vae", ["diffusers", "AutoencoderKL"])
-    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    write_json(index_path, index)
     cls = DIFFUSERS_CLASS.get(export_manifest["pipeline"]["scheduler"])
-    if cls in GENAI_SCHEDULERS:
+    if cls is not None:
         sched_path = stage / export_manifest["scheduler_config"]
         sched = json.loads(sched_path.read_text())
         if sched.get("_class_name") != cls:
             sched["_class_name"] = cls  # same betas and spacing; the class edgeq's pipeline defaults to
-            sched_path.write_text(json.dumps(sched, indent=2) + "\n")
+            write_json(sched_path, sched)
     return files
