@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import onnx
 import pytest
 
 from edgeq.data import profiles_dir
@@ -152,6 +153,15 @@ def test_component_policy_rules():
         ({"mode": "int8", "exclude": [{"reason": "x"}]}, "exclude[0]: has no pattern", None),
         ({"mode": "int8", "exclude": [{"pattern": "(", "reason": "x"}]}, "not a valid regular expression", None),
         ({"mode": "int8", "bogus": 1}, "[unet] bogus: unknown key", "known keys: mode, reason"),
+        ({"mode": "int8", "float_op_types": ["MatMul"]}, "float_op_types needs a float_reason", "float_reason"),
+        (
+            {"mode": "int8", "by_family": {"x86-novnni": {"float_op_types": ["MatMul"], "float_reason": ""}}},
+            "[unet] by_family.x86-novnni: float_op_types needs a float_reason",
+            None,
+        ),
+        ({"mode": "int8", "by_family": {"x86-avx": {}}}, "by_family names ['x86-avx'], not CPU families", None),
+        ({"mode": "int8", "by_family": {"host": {}}}, "by_family names ['host']", None),
+        ({"mode": "int8", "by_family": {"arm": {"float_ops": []}}}, "float_ops: unknown key", "float_op_types"),
     ]
     for raw, message, hint in cases:
         with pytest.raises(EdgeqError) as e:
@@ -159,6 +169,27 @@ def test_component_policy_rules():
         assert message in e.value.message, (raw, e.value.message)
         if hint:
             assert hint in e.value.hint, (raw, e.value.hint)
+
+
+def test_by_family_float_op_types_reach_the_decisions(tiny_exports):
+    """A family's ``by_family`` entry applies to builds for that family only, each node with the reason."""
+    from edgeq.quantize.policy import decide
+    from edgeq.stages.context import for_family
+
+    graph = onnx.load(str(tiny_exports["sd15"] / "unet" / "model.onnx"), load_external_data=False).graph
+    base = load_profile("openvino")
+    vnni = decide(graph, for_family(base, 8, "x86-vnni").policy("unet"))
+    novnni_profile = for_family(base, 7, "x86-novnni")
+    novnni = decide(graph, novnni_profile.policy("unet"))
+    assert novnni_profile.policy("unet").weight_bits == 7
+    linear = [d for d in vnni if d.op_type in ("MatMul", "Gemm") and d.quantized]
+    assert linear  # quantized where the int8 FullyConnected is fast
+    by_node = {d.node: d for d in novnni}
+    for d in linear:
+        assert not by_node[d.node].quantized
+        assert by_node[d.node].reason.startswith("x86-novnni: OpenVINO's int8 FullyConnected without VNNI")
+    convs = [d.quantized for d in vnni if d.op_type == "Conv"]
+    assert convs == [d.quantized for d in novnni if d.op_type == "Conv"]  # the convolutions do not change
 
 
 def test_target_options_schemas():

@@ -114,7 +114,7 @@ def unet_candidates(fp32: Path, target: str, float_nodes: tuple[str, ...] = (), 
     from edgeq.profiles import load_profile
     from edgeq.quantize.policy import decide, tensors_to_calibrate
 
-    policy = replace(load_profile(target).policy("unet"), weight_bits=weight_bits)
+    policy = replace(load_profile(target).policy("unet"), weight_bits=weight_bits).for_family(host_family())
     graph = onnx.load(str(fp32), load_external_data=False).graph
     decisions = decide(graph, policy)
     missing = set(float_nodes) - {d.node for d in decisions}
@@ -122,6 +122,20 @@ def unet_candidates(fp32: Path, target: str, float_nodes: tuple[str, ...] = (), 
         raise SystemExit(f"--float: no such candidate node {sorted(missing)}")
     decisions = [replace(d, quantized=False, reason="--float") if d.node in float_nodes else d for d in decisions]
     return policy, tuple(decisions), tuple(tensors_to_calibrate(graph, decisions, policy))
+
+
+def host_family() -> str:
+    """This machine's int8 kernel family: a profile's ``by_family`` entry for it applies, as in a build."""
+    from edgeq.runtime.cpu import detect
+
+    return detect().family
+
+
+def family_suffix(target: str) -> str:
+    """``-<family>`` where the profile's UNet policy differs on this machine's family."""
+    from edgeq.profiles import load_profile
+
+    return f"-{host_family()}" if host_family() in load_profile(target).policy("unet").by_family else ""
 
 
 def stats_file(target: str, n_calib: int) -> Path:
@@ -176,7 +190,10 @@ def quantize(
     from edgeq.stages.qdq import quantize_component
 
     name = (
-        f"int8-{target}" + ("-float-" + _key(float_nodes) if float_nodes else "") + ("-w7" if weight_bits == 7 else "")
+        f"int8-{target}"
+        + ("-float-" + _key(float_nodes) if float_nodes else "")
+        + ("-w7" if weight_bits == 7 else "")
+        + family_suffix(target)
     )
     dst = WORK / name / "model.onnx"
     info_path = dst.parent / "info.json"

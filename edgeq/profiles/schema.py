@@ -16,7 +16,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,19 @@ class Exclusion:
             re.compile(self.pattern)
         except re.error as err:
             return f"exclusion pattern {self.pattern!r} is not a valid regular expression ({err})"
+        return None
+
+
+@dataclass(frozen=True)
+class FamilyChoice:
+    """What a component does differently on one CPU family (``[unet.by_family.x86-novnni]``), and why."""
+
+    float_op_types: tuple[str, ...] = setting((), "op types of op_types left float on this family")
+    float_reason: str = setting("", "why, as measured (printed in the quant plan beside each node)")
+
+    def check(self) -> str | None:
+        if self.float_op_types and not self.float_reason.strip():
+            return "float_op_types needs a float_reason (why those op types stay float, as measured)"
         return None
 
 
@@ -97,6 +110,14 @@ class ComponentPolicy:
     smoothquant_alphas: tuple[float, ...] = setting(
         (0.25, 0.5, 0.75), "SmoothQuant strengths tried (and off), by measured worst-group SQNR", above=0.0, below=1.0
     )
+    float_op_types: tuple[str, ...] = setting(
+        (), "op types of op_types left float (every such node is in the quant plan with float_reason)"
+    )
+    float_reason: str = setting("", "why float_op_types stay float")
+    by_family: dict[str, FamilyChoice] = field(
+        default_factory=dict,
+        metadata={"help": "per CPU family (x86-vnni, x86-novnni, ...): float_op_types / float_reason used there"},
+    )
     max_float_mac_share: float = setting(0.10, "mixed precision: most MACs left float", min=0.0, max=1.0)
     exclude: tuple[Exclusion, ...] = setting((), "nodes left float: { pattern = ..., reason = ... }")
 
@@ -104,7 +125,20 @@ class ComponentPolicy:
         extra = set(self.per_channel_op_types) - set(self.op_types)
         if extra:
             return f"per_channel_op_types {sorted(extra)} are not among op_types {list(self.op_types)}"
+        # float_op_types outside op_types are allowed: a profile that extends another may narrow op_types
+        if self.float_op_types and not self.float_reason.strip():
+            return "float_op_types needs a float_reason (why those op types stay float, as measured)"
+        unknown = set(self.by_family) - (set(CPU_FAMILIES) - {"host"})
+        if unknown:
+            return f"by_family names {sorted(unknown)}, not CPU families ({', '.join(CPU_FAMILIES[1:])})"
         return None
+
+    def for_family(self, family: str | None) -> ComponentPolicy:
+        """The policy a build for ``family`` uses: its ``by_family`` entry replaces float_op_types."""
+        choice = self.by_family.get(family or "")
+        if choice is None:
+            return self
+        return replace(self, float_op_types=choice.float_op_types, float_reason=f"{family}: {choice.float_reason}")
 
     def per_channel_types(self) -> tuple[str, ...]:
         return self.per_channel_op_types or self.op_types

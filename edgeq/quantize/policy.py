@@ -49,6 +49,9 @@ def decide(graph: onnx.GraphProto, policy: ComponentPolicy) -> list[Decision]:
         if excl:
             out.append(Decision(n.name, n.op_type, False, excl.reason))
             continue
+        if n.op_type in policy.float_op_types:
+            out.append(Decision(n.name, n.op_type, False, policy.float_reason))
+            continue
         weight = n.input[1] if len(n.input) > 1 else ""
         if n.op_type in ("MatMul", "Gemm") and weight not in const:
             if policy.activation_matmul != "int8":

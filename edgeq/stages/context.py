@@ -88,12 +88,13 @@ class Context:
         return read_prompts(Path(path))[:n]
 
 
-def with_weight_bits(profile, bits: int):
-    """The profile with every int8-weight component's unset ``weight_bits`` set to the family's ``bits``."""
+def for_family(profile, bits: int, family: str | None):
+    """The profile for a CPU family: every int8-weight component's unset ``weight_bits`` set to the
+    family's ``bits``, and each component's ``by_family`` entry for ``family`` applied."""
     from dataclasses import replace
 
     comps = {
-        name: replace(p, weight_bits=bits if p.weight_bits is None else p.weight_bits)
+        name: replace(p, weight_bits=bits if p.weight_bits is None else p.weight_bits).for_family(family)
         for name, p in profile.components.items()
     }
     return replace(profile, components=comps)
@@ -104,7 +105,7 @@ def prepare(opts: BuildOptions, log=print, cluster=None) -> Context:
     from edgeq.frontend.export import ExportSettings, export
 
     profile, source, plan = resolve(opts)
-    profile = with_weight_bits(profile, plan.weight_bits)
+    profile = for_family(profile, plan.weight_bits, plan.cpu_family)
     stages = StageCache(Path(plan.cache_dir), log)
     ensure_writable_dir(stages.root)
     ex = profile.export
