@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import cli, run_without_torch
 
@@ -40,7 +41,14 @@ def test_ir_and_explicit_precision_in_manifest(ov_build):
         for p in paths:
             assert p.endswith(".xml") and (out / p).is_file() and (out / p).with_suffix(".bin").is_file()
         opts = comp["openvino"]
-        assert opts["device"] == "CPU" and opts["inference_precision"] == "f32"
+        # the profile's hint is auto: a measured choice, the same for every component, with its reason
+        choice = opts["precision_choice"]
+        assert opts["device"] == "CPU" and opts["inference_precision"] == choice["chosen"] in ("f32", "bf16")
+        assert choice["requested"] == "auto" and choice["reason"]
+        if not {"avx512_bf16", "amx_bf16"} & set(m["cpu"]["built_on"]["flags"]):
+            assert choice["chosen"] == "f32" and "has no bf16" in choice["reason"] and not choice["measured"]
+        else:
+            assert [x["hint"] for x in choice["measured"]] == ["f32", "bf16"]
     layers = m["components"]["unet"]["openvino"]["compute_layers_by_precision"]
     int8 = {k.split(":")[0]: v for k, v in layers.items() if k.endswith((":u8", ":i8"))}
     if m["cpu"]["family"] == "x86-novnni":
@@ -126,3 +134,36 @@ def test_gains_mode_is_one_ir_with_a_gains_input(tiny_models, sd15_cache, tmp_pa
     res = run_without_torch(out, tmp_path / "img.png", "a red circle", also_loaded=("openvino",))
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "img.png").stat().st_size > 0
+
+
+def test_precision_hint_measured_on_the_build(ov_build):
+    """Both hints really measured on the build's UNet (on a CPU without bf16 OpenVINO runs the bf16 hint
+    as f32, which the measurement shows and the decision reads), and the decision rule on numbers."""
+    from edgeq.calibrate.capture import Sample
+    from edgeq.targets.openvino.precision import HintMeasure, decide, measure
+
+    out, _ = ov_build
+    m = json.loads((out / "manifest.json").read_text())
+    unet = m["components"]["unet"]
+    path = out / (unet["graphs"][0]["path"] if "graphs" in unet else unet["path"])
+    z = np.load(out / "verify" / "unet_calls.npz")
+    samples = [
+        Sample(0, i, 0.0, {f.split(".in.")[1]: z[f] for f in z.files if f.startswith(f"c{i}.in.")}, z[f"c{i}.fp32"])
+        for i in range(3)
+    ]
+    f32 = measure(path, samples, "f32", "CPU", "LATENCY")
+    bf16 = measure(path, samples, "bf16", "CPU", "LATENCY")
+    assert f32.worst_sqnr_db > 20 and f32.median_s > 0 and not any(k.endswith(":bf16") for k in f32.layers)
+    chosen, reason = decide(f32, bf16)
+    if not {"avx512_bf16", "amx_bf16"} & set(m["cpu"]["built_on"]["flags"]):
+        assert not any(k.endswith(":bf16") for k in bf16.layers)
+        assert chosen == "f32" and "ran no layer in bf16" in reason
+
+    def hm(hint, s, db, bf16_layers=10):
+        return HintMeasure(hint, s, db, {"Convolution:u8": 5, f"FullyConnected:{hint}": bf16_layers})
+
+    assert decide(hm("f32", 1.0, 40.0), hm("bf16", 0.5, 39.5))[0] == "bf16"
+    assert decide(hm("f32", 1.0, 40.0), hm("bf16", 0.95, 40.0))[0] == "f32"
+    assert "not 1.1x faster" in decide(hm("f32", 1.0, 40.0), hm("bf16", 0.95, 40.0))[1]
+    assert "ran no layer in bf16" in decide(hm("f32", 1.0, 40.0), hm("bf16", 0.5, 40.0, bf16_layers=0))[1]
+    assert "loses 2.00 dB" in decide(hm("f32", 1.0, 40.0), hm("bf16", 0.5, 38.0))[1]

@@ -200,9 +200,9 @@ def test_target_options_schemas():
         with pytest.raises(EdgeqError, match=key):
             check(mobile, raw, "onnxruntime")
     ov = target_class("openvino").Options
-    assert check(ov, {}) == ov(device="CPU", inference_precision="f32", performance_hint="LATENCY")
+    assert check(ov, {}) == ov(device="CPU", inference_precision="auto", performance_hint="LATENCY")
     for raw, allowed in [
-        ({"inference_precision": "f64"}, "one of f32, bf16, f16"),
+        ({"inference_precision": "f64"}, "one of auto, f32, bf16, f16"),
         ({"performance_hint": "FAST"}, "one of LATENCY, THROUGHPUT, CUMULATIVE_THROUGHPUT"),
     ]:
         with pytest.raises(EdgeqError) as e:
@@ -331,7 +331,7 @@ def test_shipped_profiles_resolve_exactly_as_before():
 def test_shipped_target_options():
     assert load_profile("ort-mobile-qnn").target_options.optimization_level == "basic"
     assert load_profile("tensorrt").target_options.batch == (1, 1, 4)
-    assert load_profile("openvino").target_options.inference_precision == "f32"
+    assert load_profile("openvino").target_options.inference_precision == "auto"
     assert load_profile("ort-mobile").target_class().name == "ort-mobile"
 
 

@@ -40,10 +40,11 @@ class OpenVinoOptions:
 
     device: str = field(default="CPU", metadata={"help": "OpenVINO device (CPU is tested; GPU, NPU pass through)"})
     inference_precision: str = field(
-        default="f32",
+        default="auto",
         metadata={
-            "choices": ("f32", "bf16", "f16"),
-            "help": "precision of everything that is not int8 (OpenVINO would pick bf16 by itself where it can)",
+            "choices": ("auto", "f32", "bf16", "f16"),
+            "help": "precision of everything that is not int8; auto: bf16 where the build host has it and "
+            "measures it faster and as accurate (OpenVINO would pick bf16 by itself where it can)",
         },
     )
     performance_hint: str = field(
@@ -142,11 +143,13 @@ def _convert(src: Path, xml: Path, int64_inputs: dict[str, list[int] | None] | N
 
 
 def package(
-    ctx, stage: Path, unet, mode: str, vae_dir: Path | None, opts: dict[str, str], genai_opt: str = "auto"
+    ctx, stage: Path, unet, mode: str, vae_dir: Path | None, resolve, genai_opt: str = "auto"
 ) -> tuple[list[Path], dict[str, Any], dict[str, Any]]:
     """The ONNX Runtime layout first (in a temporary folder), then every graph converted to IR; in a
-    GenAI folder, the IRs are ``openvino_model.xml`` with GenAI's input types, plus its extra files."""
+    GenAI folder, the IRs are ``openvino_model.xml`` with GenAI's input types, plus its extra files.
+    ``resolve(unet_graph)``: the runner options, the precision hint chosen (``auto``) on that graph."""
     tmp, files, onnx_comps = onnx_layout(ctx, stage, unet, mode, vae_dir)
+    opts, choice = resolve(tmp / graphs_of(onnx_comps["unet"])[0]["path"])
     em = ctx.export_manifest
     sched_class = json.loads((ctx.export_dir / em["scheduler_config"]).read_text()).get("_class_name", "")
     why_not = genai.blocker(mode, em, sched_class, genai_opt)
@@ -182,6 +185,7 @@ def package(
             runtime="openvino",
             openvino={
                 **opts,
+                **({"precision_choice": choice} if choice else {}),
                 "compute_layers_by_precision": precisions,
                 "compiled_model_cache": str(compiled_cache_dir()),
             },
@@ -207,12 +211,29 @@ class OpenVinoTarget(Target):
     section = "openvino"
     Options = OpenVinoOptions
     _genai: dict[str, Any] | None = None  # set by package(): the manifest's ``genai`` entry
+    _precision: dict[str, Any] | None = None  # inference_precision = "auto": the measured choice
 
-    def _opts(self) -> dict[str, str]:
-        return _options(asdict(self.options))
+    def _opts(self, ctx=None, unet_graph: Path | None = None) -> dict[str, str]:
+        """The runner options; ``auto`` precision is measured once, on the first UNet graph asked for."""
+        opts = _options(asdict(self.options))
+        if opts["inference_precision"] == "auto":
+            if self._precision is None:
+                from edgeq.runtime.cpu import detect
+                from edgeq.targets.openvino import precision
+
+                samples = precision.heldout_samples(ctx)
+                self._precision = precision.choose(
+                    unet_graph, samples, detect().flags, opts["device"], opts["performance_hint"]
+                ).to_dict()
+                ctx.stages.log(f"openvino precision hint: {self._precision['chosen']} ({self._precision['reason']})")
+            opts["inference_precision"] = self._precision["chosen"]
+        return opts
 
     def package(self, ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:
-        files, comps, self._genai = package(ctx, stage, unet, mode, vae_dir, self._opts(), self.options.genai)
+        def resolve(graph: Path) -> tuple[dict[str, str], dict[str, Any] | None]:
+            return self._opts(ctx, graph), self._precision
+
+        files, comps, self._genai = package(ctx, stage, unet, mode, vae_dir, resolve, self.options.genai)
         return files, comps
 
     def manifest_entries(self) -> dict[str, Any]:
@@ -231,7 +252,7 @@ class OpenVinoTarget(Target):
 
     def unet_runner(self, ctx, graphs: list[tuple[Path, dict]]):
         """The checks run UNet variants with OpenVINO too (it reads the Q/DQ ONNX with the same frontend)."""
-        opts = self._opts()
+        opts = self._opts(ctx, graphs[0][0])
         return one_or_grouped([(OpenVinoRunner(p, **opts), g) for p, g in graphs])
 
 
