@@ -129,3 +129,42 @@ def test_what_genai_cannot_feed_is_said():
     dpm = {"model": {"family": "sd15"}, "pipeline": {"scheduler": "dpmpp_2m"}}
     assert blocker("shared", dpm, "PNDMScheduler") is None  # GenAI runs the model's own PNDM
     assert "GenAI implements" in blocker("shared", dpm, "DPMSolverMultistepScheduler")
+
+
+def test_gains_build_writes_a_genai_folder_when_asked(tiny_sd_cache, tmp_path):
+    """genai = "on": a gains build (which GenAI cannot feed) also gets genai/, a GenAI folder whose UNet
+    is the shared-range graph; GenAI generates from it what edgeq's gains build generates, closely."""
+    from edgeq.runtime.pipeline import GenerateOptions, Pipeline
+    from edgeq.targets.openvino import _runner
+
+    prof = tmp_path / "ov-genai.toml"
+    prof.write_text('name = "ov-genai"\ndescription = "genai on"\nextends = "openvino"\n[openvino]\ngenai = "on"\n')
+    out = tmp_path / "out"
+    r = cli(
+        "build", "tiny-sd", "--target", str(prof), "--group-mode", "gains", "--groups", "2", *SMALL,
+        "--out", str(out), "--cache-dir", str(tiny_sd_cache),
+    )  # fmt: skip
+    assert r.returncode in (0, 3), r.stderr[-2000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["quantization"]["group_mode"] == "gains"
+    g = m["genai"]
+    assert g["ready"] is True and g["folder"] == "genai" and "gains input" in g["reason"] and "shared" in g["unet"]
+    sub = out / "genai"
+    unet = ov.Core().read_model(str(sub / "unet" / "openvino_model.xml"))
+    assert {n for i in unet.inputs for n in i.get_names()} == {"sample", "timestep", "encoder_hidden_states"}
+    assert (
+        "genai/unet/openvino_model.bin" in m["artifacts"] and "genai/tokenizer/openvino_tokenizer.xml" in m["artifacts"]
+    )
+    assert "## OpenVINO GenAI" in (out / "report.md").read_text() and "`genai/` runs" in (out / "report.md").read_text()
+    ours = Pipeline(out, runners={"openvino": _runner})
+    p = ours.p
+    h, w = p["resolution"]
+    f = p["vae_scale_factor"]
+    theirs = ov_genai.Text2ImagePipeline(str(sub), "CPU")
+    lat = np.random.default_rng(7).standard_normal((1, p["latent_channels"], h // f, w // f), dtype=np.float32)
+    a = ours.generate(GenerateOptions(prompt=PROMPTS[0], latents=lat))
+    res = theirs.generate(
+        PROMPTS[0], width=w, height=h, num_inference_steps=p["steps"], guidance_scale=p["guidance"],
+        generator=GivenLatents(lat),
+    )  # fmt: skip
+    assert _psnr(a, np.array(res.data)[0]) >= 25.0  # shared ranges against the gains build's per-group scales

@@ -277,7 +277,10 @@ def _markdown(r: Report) -> str:
         lines += ["", "## Engines", ""] + [f"- {k}: {v}" for k, v in r.engines.items()]
     if r.genai:
         lines += ["", "## OpenVINO GenAI", ""]
-        if r.genai.get("ready"):
+        if r.genai.get("ready") and r.genai.get("folder"):
+            lines.append(f"`{r.genai['folder']}/` runs in OpenVINO GenAI ({', '.join(r.genai['pipelines'])}): ")
+            lines.append(f"`{r.genai['usage']}`. Its UNet is {r.genai['unet']}; {r.genai['reason']}.")
+        elif r.genai.get("ready"):
             lines.append(f"This folder runs in OpenVINO GenAI as it is ({', '.join(r.genai['pipelines'])}): ")
             lines.append(f"`{r.genai['usage']}`")
         else:

@@ -9,7 +9,8 @@ bf16 or f32 (read from the compiled model's runtime graph).
 Per-group mode: one IR per timestep group. IR files cannot point into another model's weights file,
 so each group's ``.bin`` holds its own copy of the weights: disk and memory cost x groups.
 
-Shared mode: the folder is also one OpenVINO GenAI runs as it is (:mod:`.genai`).
+Shared mode: the folder is also one OpenVINO GenAI runs as it is (:mod:`.genai`); per-group and gains
+builds get one in ``genai/`` where the profile asks (``genai = "on"``), with the shared-range UNet.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class OpenVinoOptions:
     genai: str = field(
         default="auto",
         metadata={
-            "choices": ("auto", "off"),
-            "help": "auto: a build GenAI can run (one UNet graph) is also an OpenVINO GenAI folder; off: never",
+            "choices": ("auto", "on", "off"),
+            "help": "auto: a build GenAI can run (one UNet graph) is also an OpenVINO GenAI folder; on: per-group "
+            "and gains builds also get one in genai/, with the shared-range UNet graph; off: never",
         },
     )
 
@@ -194,6 +196,11 @@ def package(
     shutil.rmtree(tmp)
     if why_not is None:
         files += genai.write_extras(stage, em)
+        return files, comps, genai.status(None)
+    if genai_opt == "on" and genai.blocker("shared", em, sched_class, genai_opt) is None:
+        # asked for: a GenAI folder beside the build, with the one graph GenAI can run (shared ranges)
+        sub, _, sub_status = package(ctx, stage / genai.SUBFOLDER, unet, "shared", vae_dir, resolve, genai_opt)
+        return files + sub, comps, genai.status_subfolder(why_not, sub_status)
     return files, comps, genai.status(why_not)
 
 

@@ -17,7 +17,8 @@ int64 tensor of shape [1]. What edgeq adds to meet it, and nothing else:
   where GenAI implements it, so that both denoise alike.
 
 GenAI cannot feed what per-group graphs or the gains input need (it runs one UNet graph with
-three inputs), so those builds are not GenAI folders and the manifest says why.
+three inputs), so those builds are not GenAI folders and the manifest says why; with
+``genai = "on"`` they get one in ``genai/`` whose UNet is the shared-range graph.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ GENAI_SCHEDULERS = frozenset(
 )
 DIFFUSERS_CLASS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler"}  # edgeq's that GenAI has
 MODEL_FILE = "openvino_model.xml"
+SUBFOLDER = "genai"  # genai = "on": where a per-group or gains build puts the GenAI folder
 # inputs GenAI feeds as int64 (with the shape it gives them; None: the graph's own)
 INT64_INPUTS: dict[str, dict[str, list[int] | None]] = {
     "text_encoder": {"input_ids": None},
@@ -80,6 +82,18 @@ def status(why_not: str | None) -> dict[str, Any]:
         "ready": True,
         "pipelines": ["Text2ImagePipeline", "Image2ImagePipeline"],
         "usage": "openvino_genai.Text2ImagePipeline(BUILD_FOLDER, 'CPU').generate(prompt, width=..., height=...)",
+    }
+
+
+def status_subfolder(why_not_here: str, sub: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``genai`` entry of a per-group or gains build with a GenAI folder in ``genai/``."""
+    return {
+        **sub,
+        "folder": SUBFOLDER,
+        "usage": sub["usage"].replace("BUILD_FOLDER", f"BUILD_FOLDER/{SUBFOLDER}"),
+        "reason": f"the build folder itself is not one: {why_not_here}",
+        "unet": "the shared-range graph (one set of scales for every timestep): its accuracy is the report's "
+        "'shared' variant, not this build's mode",
     }
 
 
