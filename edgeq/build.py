@@ -65,10 +65,12 @@ def _run(opts: BuildOptions, target, until: str | None, log, t_start: float, clu
     out = Path(ctx.plan.out)
     with staged_dir(out) as stage:
         ctx.timings["build_s"] = round(time.time() - t_start, 1)
-        package(ctx, target, stage, cals, unet, metrics, chosen, vae)
+        with ctx.stages.timed("package_s"):
+            package(ctx, target, stage, cals, unet, metrics, chosen, vae)
         if until == "quantize":
             return BuildResult(ctx.plan, until, out)
-        check_fidelity(ctx, target, unet, chosen, held_cap, stage, log)
+        with ctx.stages.timed("kernel_fidelity_s"):
+            check_fidelity(ctx, target, unet, chosen, held_cap, stage, log)
         rep = check_folder(stage, ctx=ctx, held_cap=held_cap)
     rep = target.finish(out, ctx, held_cap, rep, log)  # device engines, after the portable checks
     return BuildResult(ctx.plan, None, out, rep)

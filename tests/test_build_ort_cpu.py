@@ -68,6 +68,11 @@ def test_build_folder_contents(tiny_build):
     assert acts and all(len(a["per_group"]) == 4 and a["shared"]["scale"] > 0 for a in acts.values())
     assert all(e["reason"] for e in plan["unet"]["excluded_nodes"])
     assert '<img src="data:image/png;base64,' in (out / "report.html").read_text()
+    # every timed stage with its peak memory (process tree), in the manifest and the report
+    stages = ("export_s", "capture_calibration_s", "statistics_unet_s", "package_s", "kernel_fidelity_s", "check_e2e_s")
+    assert set(stages) <= set(m["timings"]) and set(stages) <= set(m["peak_rss_gb"])
+    assert all(0.05 < m["peak_rss_gb"][k] < 24 for k in stages)
+    assert "| statistics_unet | " in (out / "report.md").read_text()
 
 
 def test_int8_build_runs_without_torch(tiny_build, tmp_path):

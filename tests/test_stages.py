@@ -71,8 +71,27 @@ def test_cache_json_and_timings(tmp_path):
     with c.timed("search_s"):
         first = c.json("mixed", "x", make=lambda: n.append(1) or {"a": (1, 2)})
     assert first == {"a": [1, 2]} and c.json("mixed", "x", make=lambda: n.append(1) or {}) == first and n == [1]
-    assert "search_s" in c.timings
+    assert "search_s" in c.timings and c.peak_rss_gb["search_s"] > 0
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_stage_peak_memory_counts_child_processes(tmp_path):
+    """A stage's peak RSS includes the processes it starts (statistics run in a child): a child that
+    holds 400 MB for a second raises the stage's peak by about that much."""
+    import subprocess
+    import sys
+
+    from edgeq.stages.memory import PeakRss, tree_rss
+
+    base = tree_rss()
+    c = StageCache(tmp_path, log=lambda *_: None)
+    hold = "import numpy, time; a = numpy.ones(400 * 2**20 // 8); time.sleep(1.5)"
+    with c.timed("child_s"):
+        subprocess.run([sys.executable, "-c", hold], check=True)
+    assert c.peak_rss_gb["child_s"] >= (base + 380 * 2**20) / 2**30, (c.peak_rss_gb, base)
+    with PeakRss() as idle:
+        pass
+    assert idle.gb < c.peak_rss_gb["child_s"] - 0.3  # the child is gone: nothing left counted
 
 
 def test_options_and_plan_round_trip(tmp_path):

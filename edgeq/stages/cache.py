@@ -65,6 +65,7 @@ class StageCache:
         self.root = root
         self.log = log
         self.timings: dict[str, float] = {}
+        self.peak_rss_gb: dict[str, float] = {}  # per timed stage: peak RSS of the process tree
         self._libs = _libraries()
         spellings = {str(root), str(root.absolute()), str(root.resolve())}
         self._within = tuple(sorted((s for s in spellings if s not in ("", ".")), key=len, reverse=True))
@@ -77,11 +78,16 @@ class StageCache:
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
+        """Time a stage (``timings[name]``) and sample its peak memory (``peak_rss_gb[name]``)."""
+        from edgeq.stages.memory import PeakRss
+
         t0 = time.time()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(time.time() - t0, 1)
+        with PeakRss() as peak:
+            try:
+                yield
+            finally:
+                self.timings[name] = round(time.time() - t0, 1)
+        self.peak_rss_gb[name] = peak.gb
 
     def folder(self, stage: str, *inputs: Any, make: Callable[[Path], None]) -> Path:
         """``<stage>-<key>/``: reused when complete, else ``make(tmp)`` fills a temporary folder that

@@ -66,6 +66,7 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
     from edgeq.runtime.sessions import LazyRunner, OrtRunner
     from edgeq.stages.calibration import capture_set
     from edgeq.stages.context import prepare
+    from edgeq.stages.memory import PeakRss
     from edgeq.targets import for_manifest
     from edgeq.verify import report as report_mod
     from edgeq.verify.checks import unet_groups, vae_psnr
@@ -73,37 +74,42 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
     manifest = read_manifest(folder)
     if manifest.get("kind") != "int8":
         raise EdgeqError(f"{folder} is an FP32 export, not a quantized build", "check a folder made by `edgeq build`")
-    if ctx is None:
-        opts = BuildOptions.from_dict(manifest["build_options"])
-        ctx = prepare(replace(opts, cache_dir=Path(manifest["cache_dir"])), log)
-    if held_cap is None:
-        held_cap = capture_set(ctx, "heldout")
-    t0 = time.time()
-    target = for_manifest(manifest)
-    qpipe = Pipeline(folder, runners=target.runners())
-    # FP32 images come from the held-out capture's final latents: only the FP32 VAE decoder is needed
-    fp32_vae = OrtRunner(ctx.export.path("vae_decoder"))
-    q = manifest["quantization"]
-    chosen = q["group_mode"]
-    unet_rows = q.get("variants", {}).get(chosen, [])
-    deployed = target.deployed_unet_runner(folder, manifest)
-    if deployed is not None and unet_rows:  # compiled engines: measure the UNet as it will run
-        fp32_unet = LazyRunner(ctx.export.path("unet"))
-        unet_rows = unet_groups(fp32_unet, deployed, held_cap, q["groups"], "check unet (engine)")
-    vae_db = None
-    if "int8" in manifest["components"]["vae_decoder"].get("precision", ""):
-        vae_db = vae_psnr(fp32_vae, qpipe.runners["vae_decoder"], held_cap)
-    e2e, grid = report_mod.end_to_end(
-        fp32_vae,
-        qpipe,
-        list(held_cap.settings.prompts),
-        HELDOUT_SEED,
-        tiny_sd=ctx.spec.calibration_data == "tiny-sd",
-        reference=list(held_cap.vae_inputs()),  # the held-out capture is the FP32 pipeline's run
-    )
-    gates = _gates(manifest, ctx.profile.gates, unet_rows, vae_db, e2e)
-    passed = all(gates)
-    timings = {**manifest.get("timings", {}), "check_e2e_s": round(time.time() - t0, 1)}
+    # a build's own stages (its context): their times and peaks join the manifest's
+    stage_times = dict(ctx.timings) if ctx is not None else {}
+    stage_peaks = dict(ctx.stages.peak_rss_gb) if ctx is not None else {}
+    with PeakRss() as peak:  # the checks' own peak memory
+        if ctx is None:
+            opts = BuildOptions.from_dict(manifest["build_options"])
+            ctx = prepare(replace(opts, cache_dir=Path(manifest["cache_dir"])), log)
+        if held_cap is None:
+            held_cap = capture_set(ctx, "heldout")
+        t0 = time.time()
+        target = for_manifest(manifest)
+        qpipe = Pipeline(folder, runners=target.runners())
+        # FP32 images come from the held-out capture's final latents: only the FP32 VAE decoder is needed
+        fp32_vae = OrtRunner(ctx.export.path("vae_decoder"))
+        q = manifest["quantization"]
+        chosen = q["group_mode"]
+        unet_rows = q.get("variants", {}).get(chosen, [])
+        deployed = target.deployed_unet_runner(folder, manifest)
+        if deployed is not None and unet_rows:  # compiled engines: measure the UNet as it will run
+            fp32_unet = LazyRunner(ctx.export.path("unet"))
+            unet_rows = unet_groups(fp32_unet, deployed, held_cap, q["groups"], "check unet (engine)")
+        vae_db = None
+        if "int8" in manifest["components"]["vae_decoder"].get("precision", ""):
+            vae_db = vae_psnr(fp32_vae, qpipe.runners["vae_decoder"], held_cap)
+        e2e, grid = report_mod.end_to_end(
+            fp32_vae,
+            qpipe,
+            list(held_cap.settings.prompts),
+            HELDOUT_SEED,
+            tiny_sd=ctx.spec.calibration_data == "tiny-sd",
+            reference=list(held_cap.vae_inputs()),  # the held-out capture is the FP32 pipeline's run
+        )
+        gates = _gates(manifest, ctx.profile.gates, unet_rows, vae_db, e2e)
+        passed = all(gates)
+    timings = {**manifest.get("timings", {}), **stage_times, "check_e2e_s": round(time.time() - t0, 1)}
+    peaks = {**manifest.get("peak_rss_gb", {}), **stage_peaks, "check_e2e_s": peak.gb}
     rep = report_mod.Report(
         passed=passed,
         target=manifest["target"],
@@ -114,6 +120,7 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
         group_mode=chosen,
         variants=q.get("variants", {}),
         timings=timings,
+        peak_rss_gb=peaks,
         quantized=manifest.get("quant_counts", {}),
         settings=q.get("settings", {}),
         usability={k: v["usability"] for k, v in manifest["components"].items() if "usability" in v},
@@ -127,6 +134,11 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
     report_files = ["report.json", "report.md", "report.html", "grid.png", "sqnr_per_group.png"]
     report_files += [f for f in ("tradeoff.png",) if (folder / f).is_file()]
     manifest["artifacts"].update(artifact_table(folder, report_files))
-    manifest.update(status="passed" if passed else "failed", gates=[x.to_dict() for x in gates], timings=timings)
+    manifest.update(
+        status="passed" if passed else "failed",
+        gates=[x.to_dict() for x in gates],
+        timings=timings,
+        peak_rss_gb=peaks,
+    )
     write_manifest(folder, manifest)
     return rep

@@ -116,6 +116,7 @@ def package(
         "cache_dir": str(ctx.cache.resolve()),
         "quant_counts": quant_counts(cals),
         "timings": dict(ctx.timings),
+        "peak_rss_gb": dict(ctx.stages.peak_rss_gb),
     }
     manifest.update(target.manifest_entries())
     status = target.engines_status(ctx, Path(ctx.plan.out))

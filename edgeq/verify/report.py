@@ -31,6 +31,7 @@ class Report:
     group_mode: str = "shared"
     variants: dict[str, list[dict]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    peak_rss_gb: dict[str, float] = field(default_factory=dict)  # per stage (timings' keys), process tree
     quantized: dict[str, dict[str, int]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     # per component, from its manifest entry: a target's check of how well execution providers take
@@ -295,9 +296,17 @@ def _markdown(r: Report) -> str:
         "",
         "Every float node and its reason: `quant_summary.txt` and `quant_plan.json`.",
         "",
-        "## Timings (s)",
+        "## Time and peak memory per stage",
         "",
-        *(f"- {k}: {v}" for k, v in r.timings.items()),
+        "Peak memory: resident set of the build's process and every process it started (statistics run "
+        "in a child process), sampled every 0.25 s.",
+        "",
+        "| stage | seconds | peak RSS GB |",
+        "|---|---|---|",
+        *(
+            f"| {k.removesuffix('_s')} | {v} | {r.peak_rss_gb[k] if k in r.peak_rss_gb else '-'} |"
+            for k, v in r.timings.items()
+        ),
         "",
         "![SQNR per group](sqnr_per_group.png)",
         "",
