@@ -178,3 +178,26 @@ def test_report_and_metrics_round_trip():
     assert m.rows == rows and m.worst("per-group") == 31.5
     rep = Report(True, "ort-cpu", "tiny-sd", [{"passed": True}], [], {"psnr_db": 40.0}, variants=rows)
     assert Report.from_dict(json.loads(json.dumps(rep.to_dict()))) == rep and rep
+
+
+def test_long_stage_prints_its_estimate_from_the_first_item(monkeypatch, capsys):
+    """After the first item: the count, the first item's time, the estimate, and the option that sets it."""
+    import time
+
+    from edgeq import progress as prog
+
+    monkeypatch.setattr(prog, "MIN_ESTIMATE_S", 0.1)
+    got = []
+    for x in prog.progress(range(5), desc="statistics unet", unit="call", knob="--calib-calls"):
+        time.sleep(0.05)
+        got.append(x)
+    assert got == [0, 1, 2, 3, 4]
+    err = capsys.readouterr()
+    line = next(x for x in (err.out + err.err).splitlines() if "the first took" in x)
+    assert line.startswith("statistics unet: 5 calls, the first took 0.0") and "--calib-calls sets the count" in line
+    monkeypatch.undo()
+    assert prog.estimate_line("check", 10, "call", 1.0, None) is None  # 10 s: too short to announce
+    assert prog.estimate_line("capture", 32, "prompt", 100.0, "--num-calib") == (
+        "capture: 32 prompts, the first took 100.00 s: about 53 min in all; --num-calib sets the count"
+    )
+    assert prog.duration(7200) == "2.0 h" and prog.duration(45) == "45 s"

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from edgeq.errors import EdgeqError
 from edgeq.fsutil import write_json
+from edgeq.progress import progress
 
 INDEX = "capture.json"
 
@@ -149,7 +149,8 @@ def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "c
         for f in folder.glob(".shard-*.npz"):  # half-written by a worker that died (its task was retried)
             f.unlink(missing_ok=True)
     pipe = Pipeline(build) if todo else None  # a full-size FP32 pipeline holds gigabytes: load only to capture
-    for i in tqdm(todo, desc=desc, unit="prompt", disable=not todo):
+    knob = "--num-calib" if "calib" in desc else "--num-heldout"
+    for i in progress(todo, desc=desc, unit="prompt", knob=knob, disable=not todo):
         assert pipe is not None
         capture_shard(pipe, settings, i, folder)
     first = Capture(folder, settings, ()).load(0)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from edgeq.calibrate.histogram import BINS, Hist, merge_all
 from edgeq.errors import EdgeqError
+from edgeq.progress import progress
 
 
 @dataclass
@@ -136,7 +136,8 @@ def collect(
     inputs = {i.name for i in sess.get_inputs()}
     split = dynamic_batch(sess)
     st = Stats(list(tensors), list(timesteps), {t: [Hist.empty() for _ in timesteps] for t in tensors})
-    for step, feeds in tqdm(samples, total=total, desc=desc, unit="call", disable=not desc):
+    calls = progress(samples, total=total, desc=desc, unit="call", knob="--calib-calls", disable=not desc)
+    for step, feeds in calls:
         given = {k: v for k, v in feeds.items() if k in inputs}
         for part in _batch_items(given) if split else [given]:
             outs = sess.run(tensors, part)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from edgeq.calibrate.capture import Capture
+from edgeq.progress import progress
 from edgeq.runtime.groups import group_for
 from edgeq.runtime.sessions import Runner
 from edgeq.verify.metrics import cosine, psnr_db, sqnr_db, ssim
@@ -45,7 +45,7 @@ def unet_groups(
 ) -> list[dict]:
     """Noise-prediction SQNR and cosine per timestep group on held-out captured UNet inputs."""
     acc = [{"sig": 0.0, "err": 0.0, "dot": 0.0, "qq": 0.0, "n": 0} for _ in groups]
-    for s in tqdm(capture.unet_samples(), total=len(capture), desc=desc, unit="call"):
+    for s in progress(capture.unet_samples(), total=len(capture), desc=desc, unit="call", knob="--num-heldout"):
         ref = (s.reference if s.reference is not None else fp32.run(s.feeds)["out_sample"]).astype(np.float64)
         q = quant.run(s.feeds)["out_sample"].astype(np.float64)
         a = acc[group_for(groups, s.timestep)]

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from edgeq.fsutil import write_json
+from edgeq.progress import progress
 from edgeq.verify.metrics import psnr_db, ssim
 
 
@@ -75,7 +75,7 @@ def end_to_end(
     from edgeq.verify.checks import to_image
 
     ref, got = [], []
-    for i, p in enumerate(tqdm(prompts, desc="check end to end", unit="image")):
+    for i, p in enumerate(progress(prompts, desc="check end to end", unit="image", knob="--num-heldout")):
         if reference is not None:
             ref.append(to_image(fp32.run({"latent_sample": reference[i]})["sample"]))
         else:
