@@ -153,7 +153,12 @@ def test_precision_hint_measured_on_the_build(ov_build):
     ]
     f32 = measure(path, samples, "f32", "CPU", "LATENCY")
     bf16 = measure(path, samples, "bf16", "CPU", "LATENCY")
-    assert f32.worst_sqnr_db > 20 and f32.median_s > 0 and not any(k.endswith(":bf16") for k in f32.layers)
+    assert (
+        min(f32.sqnr_db) > 20
+        and len(f32.sqnr_db) == 3
+        and f32.median_s > 0
+        and not any(k.endswith(":bf16") for k in f32.layers)
+    )
     chosen, reason = decide(f32, bf16)
     if not {"avx512_bf16", "amx_bf16"} & set(m["cpu"]["built_on"]["flags"]):
         assert not any(k.endswith(":bf16") for k in bf16.layers)
@@ -162,8 +167,9 @@ def test_precision_hint_measured_on_the_build(ov_build):
     def hm(hint, s, db, bf16_layers=10):
         return HintMeasure(hint, s, db, {"Convolution:u8": 5, f"FullyConnected:{hint}": bf16_layers})
 
-    assert decide(hm("f32", 1.0, 40.0), hm("bf16", 0.5, 39.5))[0] == "bf16"
-    assert decide(hm("f32", 1.0, 40.0), hm("bf16", 0.95, 40.0))[0] == "f32"
-    assert "not 1.1x faster" in decide(hm("f32", 1.0, 40.0), hm("bf16", 0.95, 40.0))[1]
-    assert "ran no layer in bf16" in decide(hm("f32", 1.0, 40.0), hm("bf16", 0.5, 40.0, bf16_layers=0))[1]
-    assert "loses 2.00 dB" in decide(hm("f32", 1.0, 40.0), hm("bf16", 0.5, 38.0))[1]
+    f = hm("f32", 1.0, (30.0, 40.0))
+    assert decide(f, hm("bf16", 0.5, (29.9, 39.6)))[0] == "bf16"
+    assert "not 1.1x faster" in decide(f, hm("bf16", 0.95, (30.0, 40.0)))[1]
+    assert "ran no layer in bf16" in decide(f, hm("bf16", 0.5, (30.0, 40.0), bf16_layers=0))[1]
+    # the worst call barely moves, but the best one loses 2 dB: the kernel gate would see it, so f32
+    assert "a call loses 2.00 dB" in decide(f, hm("bf16", 0.5, (30.0, 38.0)))[1]
