@@ -71,7 +71,7 @@ def test_build_folder_contents(tiny_build):
     # every timed stage with its peak memory (process tree), in the manifest and the report
     stages = ("export_s", "capture_calibration_s", "statistics_unet_s", "package_s", "kernel_fidelity_s", "check_e2e_s")
     assert set(stages) <= set(m["timings"]) and set(stages) <= set(m["peak_rss_gb"])
-    assert all(0.05 < m["peak_rss_gb"][k] < 24 for k in stages)
+    assert all(0 < m["peak_rss_gb"][k] < 24 for k in stages)  # reused stages take little
     assert "| statistics_unet | " in (out / "report.md").read_text()
 
 
