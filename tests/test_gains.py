@@ -126,12 +126,16 @@ def test_gains_graph_quantizes_like_the_per_group_graphs(tiny_exports, target):
             x, got = outs[k], outs[k_all + k] * row[k_all + k]
             want = (np.clip(np.rint(x / scale) + z, qmin, qmax) - z) * scale
             assert np.mean(np.abs(got - want) > 1e-3 * scale) < 1e-3, t
-        ref_db = _sqnr(_run(fp32, f), _run(ref_model, f))
-        gain_db = _sqnr(_run(fp32, f), _run(gained, {**f, GAINS_INPUT: row}))
+        # the graphs' own arithmetic (optimisation off): on x86 without VNNI, ORT's fused int8 kernels
+        # saturate the per-group graph's 8-bit weights, while the gains graph's Mul keeps it unfused
+        ex = "ORT_DISABLE_ALL"
+        ref_db = _sqnr(_run(fp32, f), _run(ref_model, f, ex))
+        gain_db = _sqnr(_run(fp32, f), _run(gained, {**f, GAINS_INPUT: row}, ex))
         assert abs(gain_db - ref_db) < 1.0, (ref_db, gain_db)
     ones = np.ones(2 * k_all, np.float32)  # unit gains: the fixed graph
     x = _run(fp32, feeds[0])
-    assert abs(_sqnr(x, _run(base, feeds[0])) - _sqnr(x, _run(gained, {**feeds[0], GAINS_INPUT: ones}))) < 1.0
+    unit = _run(gained, {**feeds[0], GAINS_INPUT: ones}, "ORT_DISABLE_ALL")
+    assert abs(_sqnr(x, _run(base, feeds[0], "ORT_DISABLE_ALL")) - _sqnr(x, unit)) < 1.0
     w8 = lambda m: sorted(i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8)  # noqa: E731
     assert w8(gained) == w8(base)  # one set of int8 weights
 
