@@ -44,14 +44,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgeq.verify.metrics import sqnr_db  # noqa: E402
+
 FLAVOURS = {  # name: (activation type, symmetric, --cpu family for the weight bits)
     "s8-sym w8": ("int8", True, "x86-vnni"),
     "s8-sym w7": ("int8", True, "portable"),
     "u8-asym w8": ("uint8", False, "x86-vnni"),
     "u8-asym w7": ("uint8", False, "portable"),
 }
-# ONEDNN_MAX_CPU_ISA caps that change which int8 path OpenVINO's CPU plugin takes
-CAPS = {"AVX512_CORE_AMX": "amx", "AVX512_CORE_VNNI": "vnni", "AVX512_CORE": "avx512 no vnni", "AVX2": "avx2"}
 
 
 def profile_for(act_type: str, symmetric: bool, folder: Path) -> Path:
@@ -79,11 +79,6 @@ def host_caps() -> list[str | None]:
     if "avx512f" in flags:
         caps.append("AVX2")
     return caps
-
-
-def sqnr(ref: np.ndarray, x: np.ndarray) -> float:
-    err = float(np.sum((ref.astype(np.float64) - x) ** 2))
-    return float(10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / max(err, 1e-30)))
 
 
 def per_group(values: list[float], group_of: list[int], n_groups: int) -> list[float]:
@@ -154,6 +149,20 @@ def ir_summary(model) -> dict:
     return {"activation_fake_quantize": dict(fq), "weights": dict(weights)}
 
 
+def openvino_in_child(model: Path, calls_npz: Path, cap: str | None) -> tuple[dict[str, np.ndarray], dict]:
+    """OpenVINO's outputs for every call and its compute layers, in a fresh process whose oneDNN is
+    capped at ``cap`` (None: the host's instruction set)."""
+    env = {**os.environ, **({"ONEDNN_MAX_CPU_ISA": cap} if cap else {})}
+    code = "import sys; sys.path.insert(0, %r); import probe_openvino_flavours as p; p._openvino_outputs(*sys.argv[1:])"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "out.npz")
+        cmd = [sys.executable, "-c", code % str(Path(__file__).parent), str(model), str(calls_npz), out]
+        subprocess.run(cmd, env=env, check=True)
+        with np.load(out) as z:
+            got = {k: z[k] for k in z.files}
+        return got, json.loads(Path(out + ".json").read_text())
+
+
 def measure(qdq: Path, calls_npz: Path, refs: dict, group_of: list[int], n_groups: int, caps) -> dict:
     """Exact Q/DQ arithmetic and OpenVINO per ISA cap, per timestep group, against FP32."""
     import onnxruntime as ort
@@ -166,23 +175,11 @@ def measure(qdq: Path, calls_npz: Path, refs: dict, group_of: list[int], n_group
     exact = {}
     for k in keys:
         exact[k] = sess.run(None, {f.split(".in.")[1]: z[f] for f in z.files if f.startswith(f"{k}.in.")})[0]
-    row = {"exact_db": per_group([sqnr(refs[k], exact[k]) for k in keys], group_of, n_groups), "openvino": {}}
+    row = {"exact_db": per_group([sqnr_db(refs[k], exact[k]) for k in keys], group_of, n_groups), "openvino": {}}
     for cap in caps:
-        env = {**os.environ}
-        if cap:
-            env["ONEDNN_MAX_CPU_ISA"] = cap
-        with tempfile.TemporaryDirectory() as tmp:
-            out = str(Path(tmp) / "out.npz")
-            code = "import sys; sys.path.insert(0, %r); import probe_openvino_flavours as p; p._openvino_outputs(*sys.argv[1:])"
-            subprocess.run(
-                [sys.executable, "-c", code % str(Path(__file__).parent), str(qdq), str(calls_npz), out],
-                env=env,
-                check=True,
-            )
-            got = np.load(out)
-            layers = json.loads(Path(out + ".json").read_text())
-        dep = [sqnr(refs[k], got[k]) for k in keys]
-        kern = [sqnr(exact[k], got[k]) for k in keys]
+        got, layers = openvino_in_child(qdq, calls_npz, cap)
+        dep = [sqnr_db(refs[k], got[k]) for k in keys]
+        kern = [sqnr_db(exact[k], got[k]) for k in keys]
         d = per_group(dep, group_of, n_groups)
         row["openvino"][cap or "host"] = {
             "deployed_db": d,
@@ -266,24 +263,12 @@ def main() -> None:
 
 def measure_ov_only(model: Path, calls_npz: Path, refs: dict, group_of, n_groups: int, caps) -> dict:
     """OpenVINO per ISA cap for a model that has no Q/DQ ONNX (NNCF's IR)."""
-    z = np.load(calls_npz)
     keys = sorted(refs, key=lambda k: int(k[1:]))
     out_rows = {}
     for cap in caps:
-        env = {**os.environ, **({"ONEDNN_MAX_CPU_ISA": cap} if cap else {})}
-        with tempfile.TemporaryDirectory() as tmp:
-            out = str(Path(tmp) / "out.npz")
-            code = "import sys; sys.path.insert(0, %r); import probe_openvino_flavours as p; p._openvino_outputs(*sys.argv[1:])"
-            subprocess.run(
-                [sys.executable, "-c", code % str(Path(__file__).parent), str(model), str(calls_npz), out],
-                env=env,
-                check=True,
-            )
-            got = np.load(out)
-            layers = json.loads(Path(out + ".json").read_text())
-        del z
+        got, layers = openvino_in_child(model, calls_npz, cap)
         out_rows[cap or "host"] = {
-            "deployed_db": per_group([sqnr(refs[k], got[k]) for k in keys], group_of, n_groups),
+            "deployed_db": per_group([sqnr_db(refs[k], got[k]) for k in keys], group_of, n_groups),
             "layers": layers,
         }
     return out_rows

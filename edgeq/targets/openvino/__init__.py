@@ -228,9 +228,12 @@ class OpenVinoTarget(Target):
                 from edgeq.runtime.cpu import detect
                 from edgeq.targets.openvino import precision
 
-                samples = precision.heldout_samples(ctx)
                 self._precision = precision.choose(
-                    unet_graph, samples, detect().flags, opts["device"], opts["performance_hint"]
+                    unet_graph,
+                    lambda: precision.heldout_samples(ctx),
+                    detect().flags,
+                    opts["device"],
+                    opts["performance_hint"],
                 ).to_dict()
                 ctx.stages.log(f"openvino precision hint: {self._precision['chosen']} ({self._precision['reason']})")
             opts["inference_precision"] = self._precision["chosen"]

@@ -13,6 +13,7 @@ measures what that machine computes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,15 +70,10 @@ def decide(f32: HintMeasure, bf16: HintMeasure) -> tuple[str, str]:
     return "bf16", measured
 
 
-def sqnr_db(ref: np.ndarray, x: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    err = float(np.sum((ref - x) ** 2))
-    return float(10 * np.log10(float(np.sum(ref**2)) / max(err, 1e-30)))
-
-
 def measure(path: Path, samples: list, hint: str, device: str, performance_hint: str) -> HintMeasure:
     """Compile ``path`` with ``hint``; time one held-out call, score every sample against its reference."""
     from edgeq.targets.openvino import OpenVinoRunner
+    from edgeq.verify.metrics import sqnr_db
 
     runner = OpenVinoRunner(path, device, hint, performance_hint, cache=False)
     out_name = runner.outputs[0].get_any_name()
@@ -90,8 +86,11 @@ def measure(path: Path, samples: list, hint: str, device: str, performance_hint:
     return HintMeasure(hint, round(float(np.median(times)), 4), db, runner.layer_precisions())
 
 
-def choose(path: Path, samples: list, flags: tuple[str, ...], device: str, performance_hint: str) -> PrecisionChoice:
-    """The hint for a build: f32 without measuring where the CPU has no bf16, else the measured choice."""
+def choose(
+    path: Path, samples: Callable[[], list], flags: tuple[str, ...], device: str, performance_hint: str
+) -> PrecisionChoice:
+    """The hint for a build: f32 without measuring where the CPU has no bf16, else the measured choice
+    on ``samples()`` (read only then)."""
     if not device.startswith("CPU"):
         return PrecisionChoice("f32", f"device {device}: auto measures CPUs only; f32 (set the hint to choose)")
     have = [f for f in BF16_FLAGS if f in flags]
@@ -99,10 +98,11 @@ def choose(path: Path, samples: list, flags: tuple[str, ...], device: str, perfo
         return PrecisionChoice(
             "f32", f"this CPU has no bf16 ({' '.join(flags) or 'no flags seen'}): OpenVINO runs f32 here anyway"
         )
-    if not samples:
+    calls = samples()
+    if not calls:
         return PrecisionChoice("f32", "no held-out UNet calls with references to measure bf16 against")
-    f32 = measure(path, samples, "f32", device, performance_hint)
-    bf16 = measure(path, samples, "bf16", device, performance_hint)
+    f32 = measure(path, calls, "f32", device, performance_hint)
+    bf16 = measure(path, calls, "bf16", device, performance_hint)
     chosen, reason = decide(f32, bf16)
     return PrecisionChoice(chosen, f"{'/'.join(have)}: {reason}", (f32, bf16))
 
