@@ -2,7 +2,7 @@
 
 Each (component, variant) is measured in a fresh process, so its peak RSS is that component's own
 (load + runs) and nothing else's. Latency: median, min and max of repeated calls after a warm-up,
-with the shapes the pipeline uses (batch 2 for classifier-free guidance, the build's resolution).
+with the shapes the pipeline uses (batch 2 for classifier-free guidance, else 1; the build's resolution).
 The FP32 baseline runs on the same runtime as the build, with its best float settings (ONNX Runtime
 with all graph optimisations; OpenVINO with an explicit f32 hint), so a ratio is INT8 against the
 best float the same runtime does.
@@ -30,8 +30,10 @@ def feeds_for(manifest: dict[str, Any], info: dict[str, Any], seed: int = 0) -> 
     p = manifest["pipeline"]
     f = int(p["vae_scale_factor"])
     h, w = p["resolution"]
+    from edgeq.runtime.pipeline import uses_cfg
+
     axes = {
-        "batch": 2,
+        "batch": 2 if uses_cfg(p) else 1,
         "image_batch": 1,
         "sequence": int(p["max_length"]),
         "height": h // f,

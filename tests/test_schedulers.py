@@ -20,9 +20,14 @@ BASE = dict(
 
 
 def _diffusers(name: str):
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler
 
-    return {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "dpmpp_2m": DPMSolverMultistepScheduler}[name]
+    return {
+        "ddim": DDIMScheduler,
+        "euler": EulerDiscreteScheduler,
+        "dpmpp_2m": DPMSolverMultistepScheduler,
+        "lcm": LCMScheduler,
+    }[name]
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
@@ -42,12 +47,16 @@ def test_matches_diffusers_step_for_step(name, spacing, prediction, steps):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32) * np.float32(ours.init_noise_sigma)
     xr = torch.from_numpy(x.copy())
+    g_ref, g_ours = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for i, t in enumerate(ref.timesteps):
         model_out = rng.standard_normal(x.shape).astype(np.float32)
         want = ref.scale_model_input(xr, t).numpy()
         np.testing.assert_allclose(ours.scale_model_input(x, i), want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
-        xr = ref.step(torch.from_numpy(model_out), t, xr).prev_sample
-        x = ours.step(model_out, i, x)
+        xr = ref.step(torch.from_numpy(model_out), t, xr, generator=g_ref).prev_sample
+        # a stochastic sampler's noise: the same draws diffusers makes from its generator
+        last = i == len(ref.timesteps) - 1
+        noise = None if not ours.needs_noise or last else torch.randn(x.shape, generator=g_ours).numpy()
+        x = ours.step(model_out, i, x, noise=noise)
         scale = float(np.abs(xr.numpy()).max())
         assert float(np.abs(x - xr.numpy()).max()) <= 1e-4 * scale, f"step {i} diverged"
 
@@ -68,3 +77,22 @@ def test_unsupported_options_are_refused():
         make_scheduler("pndm", BASE)
     with pytest.raises(EdgeqError, match="beta schedule"):
         make_scheduler("ddim", dict(BASE, beta_schedule="squaredcos_cap_v2"))
+
+
+@pytest.mark.parametrize("dim", [256, 257])
+def test_guidance_embedding_matches_diffusers(dim):
+    import torch
+    from diffusers import LatentConsistencyModelPipeline
+
+    from edgeq.runtime.schedulers import guidance_embedding
+
+    for w in (0.0, 1.5, 7.5):
+        want = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, torch.tensor([w]), dim).numpy()
+        # float32 exp differs by an ulp between numpy and torch; at w * 1000 = 7500 that is ~1e-4 rad
+        np.testing.assert_allclose(guidance_embedding(w, dim), want, rtol=0, atol=5e-4)
+
+
+def test_lcm_refuses_more_steps_than_its_distillation_schedule():
+    cfg = dict(BASE, original_inference_steps=8)
+    with pytest.raises(EdgeqError, match="at most original_inference_steps = 8"):
+        make_scheduler("lcm", cfg).set_timesteps(9)

@@ -14,7 +14,9 @@ GATE_FAILED = 3
 
 def add_build_options(p: argparse.ArgumentParser) -> None:
     """Options shared by build, calibrate and quantize."""
-    p.add_argument("model", help="a preset (tiny-sd, sd15, sd21, sdxl) or a diffusers folder")
+    p.add_argument(
+        "model", help="a preset (tiny-sd, tiny-lcm, sd15, sd21, sdxl, lcm-sd15, sd-turbo, ...) or a diffusers folder"
+    )
     p.add_argument("--target", default="ort-cpu", help="target profile name or a .toml file (default: ort-cpu)")
     p.add_argument(
         "--cpu",
@@ -26,7 +28,24 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", type=Path, dest="config_dir", help="configs/tokenizer folder for a single-file checkpoint"
     )
-    p.add_argument("--groups", type=int, help="timestep groups (1 = classic calibration; default: the profile's)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="denoising steps the deployable runs by default, and calibration captures at: calibrate at the "
+        "schedule you will run (default: the model's, e.g. 4 for LCM and Turbo models)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        help="guidance scale the deployable runs by default and calibration uses (default: the model's; "
+        "Turbo: 0, LCM: embedded in the UNet)",
+    )
+    p.add_argument(
+        "--groups",
+        type=int,
+        help="timestep groups, at most --steps; with a few-step model every step can be its own group "
+        "(1 = classic calibration; default: the profile's, capped at the step count)",
+    )
     p.add_argument(
         "--group-mode",
         choices=("shared", "per-group", "gains", "auto"),

@@ -201,6 +201,8 @@ def _export_pipeline(
                 "scaling_factor": float(vae_cfg.get("scaling_factor", 0.18215)),
                 "shift_factor": vae_cfg.get("shift_factor"),
                 "max_length": length,
+                # an LCM UNet's guidance embedding width (its timestep_cond input); None: classic guidance
+                "guidance_embedding_dim": configs["unet"].get("time_cond_proj_dim"),
                 "force_zeros_for_empty_prompt": bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)),
                 "calibration_data": spec.calibration_data,
             },
@@ -298,12 +300,13 @@ def _wrap(pipe, comp: ComponentSpec):
             super().__init__()
             self.m = module
 
-        def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
-            extra = (
-                {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}}
-                if text_embeds is not None
-                else {}
-            )
+        def forward(self, sample, timestep, encoder_hidden_states, *rest):
+            named = dict(zip([t.name for t in comp.inputs[3:]], rest))
+            extra: dict[str, Any] = {}
+            if "text_embeds" in named:
+                extra["added_cond_kwargs"] = {"text_embeds": named["text_embeds"], "time_ids": named["time_ids"]}
+            if "timestep_cond" in named:  # an LCM UNet's guidance-scale embedding
+                extra["timestep_cond"] = named["timestep_cond"]
             return self.m(sample, timestep, encoder_hidden_states, return_dict=False, **extra)[0]
 
     class VaeDecoder(torch.nn.Module):

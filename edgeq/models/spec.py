@@ -41,7 +41,13 @@ def _config_value(configs: dict[str, dict[str, Any]], comp: str, key: str) -> in
         return 6
     if key == "latent_channels2":
         return 2 * int(configs["vae"]["latent_channels"])
-    if key not in cfg:
+    if cfg.get(key) is None:
+        if key == "time_cond_proj_dim":
+            raise EdgeqError(
+                "the preset is a latent consistency model, but this UNet has no guidance embedding "
+                "(its config has no time_cond_proj_dim)",
+                "give the model folder without a preset name, so edgeq reads its kind from the configs",
+            )
         raise EdgeqError(f"the {comp} config has no '{key}'", "is this a Stable Diffusion model of a supported family?")
     v = cfg[key]
     return int(v[-1] if isinstance(v, (list, tuple)) else v)
@@ -135,7 +141,7 @@ class ModelSpec:
     repo_ids: tuple[str, ...]  # Hugging Face repositories searched in the local cache
     components: tuple[ComponentSpec, ...]
     resolution: int
-    scheduler: str  # ddim | euler | dpmpp_2m
+    scheduler: str  # ddim | euler | dpmpp_2m | lcm
     steps: int
     guidance: float
     prediction_type: str  # epsilon | v_prediction

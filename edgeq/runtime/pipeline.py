@@ -2,6 +2,11 @@
 
 Tokenize (ONNX tokenizer) -> text encoder(s) -> denoising loop with classifier-free guidance
 (numpy scheduler, UNet graph) -> VAE decoder -> uint8 image. SD1.x/2.x and SDXL conditioning.
+
+Few-step models run the same loop: an LCM UNet takes its guidance scale as an embedding
+(``timestep_cond``) instead of a second batch entry, so it always runs at batch 1; a Turbo model
+runs at guidance 0 (batch 1, no negative branch). Stochastic samplers (LCM) draw their per-step
+noise from the seed's generator after the initial latents.
 """
 
 from __future__ import annotations
@@ -17,11 +22,18 @@ import numpy as np
 from edgeq.errors import EdgeqError
 from edgeq.manifest import read_manifest
 from edgeq.runtime import integrity
-from edgeq.runtime.schedulers import SCHEDULERS, make_scheduler
+from edgeq.runtime.schedulers import SCHEDULERS, guidance_embedding, make_scheduler
 from edgeq.runtime.sessions import OrtRunner, Runner, component_runner
 from edgeq.runtime.tokenizer import OnnxClipTokenizer
 
 RunnerFactory = Callable[[Path, dict[str, Any]], Runner]
+
+
+def uses_cfg(p: dict[str, Any], guidance: float | None = None) -> bool:
+    """Whether the UNet runs a classifier-free-guidance batch of 2: guidance above 1 and not embedded
+    (an LCM UNet takes its guidance as ``timestep_cond``; Turbo runs at guidance 0)."""
+    g = p["guidance"] if guidance is None else guidance
+    return g > 1.0 and not p.get("guidance_embedding_dim")
 
 
 def default_runner(build: Path, info: dict[str, Any]) -> Runner:
@@ -105,7 +117,8 @@ class Pipeline:
             raise EdgeqError(f"image size {height}x{width} is not a multiple of {f}", f"use multiples of {f}")
         sched = make_scheduler(sched_name, self.scheduler_config, self.p["prediction_type"])
         sched.set_timesteps(steps)
-        cfg = guidance > 1.0
+        embed_dim = self.p.get("guidance_embedding_dim")  # an LCM UNet: guidance is an input, not a batch
+        cfg = uses_cfg(self.p, guidance)
         self._check_static(height, width, 2 if cfg else 1)
         if cfg:  # one text-encoder call for [negative, prompt], the UNet's classifier-free-guidance batch
             cond = self.encode_text([o.negative_prompt, o.prompt])
@@ -118,13 +131,17 @@ class Pipeline:
             ids = np.array([[height, width, 0, 0, height, width]], np.float32)
             cond["time_ids"] = np.repeat(ids, 2 if cfg else 1, axis=0)
         shape = (1, self.p["latent_channels"], height // f, width // f)
+        if embed_dim:
+            cond["timestep_cond"] = guidance_embedding(max(guidance - 1.0, 0.0), int(embed_dim))
+        rng = np.random.default_rng(o.seed)
         if o.latents is not None:
             if tuple(o.latents.shape) != shape:
                 raise EdgeqError(f"latents have shape {o.latents.shape}, expected {shape}")
             latents = o.latents.astype(np.float32)
         else:
-            latents = np.random.default_rng(o.seed).standard_normal(shape, dtype=np.float32)
+            latents = rng.standard_normal(shape, dtype=np.float32)
         latents = latents * np.float32(sched.init_noise_sigma)
+        last = len(sched.timesteps) - 1
         for i, t in enumerate(sched.timesteps):
             x = sched.scale_model_input(latents, i)
             feeds = {"sample": np.concatenate([x, x]) if cfg else x, "timestep": np.array(t, np.float32), **cond}
@@ -136,7 +153,8 @@ class Pipeline:
             if cfg:
                 e_u, e_c = eps[:1], eps[1:]
                 eps = e_u + np.float32(guidance) * (e_c - e_u)
-            latents = sched.step(eps, i, latents)
+            noise = rng.standard_normal(shape, dtype=np.float32) if sched.needs_noise and i < last else None
+            latents = sched.step(eps, i, latents, noise=noise)
         if o.on_final_latents is not None:
             o.on_final_latents(latents)
         return self.decode(latents)

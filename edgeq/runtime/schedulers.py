@@ -1,4 +1,4 @@
-"""numpy schedulers that follow diffusers' DDIM, Euler discrete and DPM-Solver++ 2M step for step.
+"""numpy schedulers that follow diffusers' DDIM, Euler discrete, DPM-Solver++ 2M and LCM step for step.
 
 They read a diffusers ``scheduler_config.json`` (whatever scheduler class it names), as
 ``XScheduler.from_config`` does. Supported: beta schedules linear / scaled_linear, timestep spacing
@@ -62,6 +62,8 @@ class Scheduler:
     DEFAULTS: dict[str, Any] = {}
     timesteps: np.ndarray
     init_noise_sigma: float = 1.0
+    # a stochastic sampler takes fresh noise at every step but the last (``step(..., noise=)``)
+    needs_noise = False
 
     def __init__(self, schedule: NoiseSchedule):
         self.s = schedule
@@ -72,7 +74,9 @@ class Scheduler:
     def set_timesteps(self, n: int) -> None:
         raise NotImplementedError
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
+    def step(
+        self, model_output: np.ndarray, step_index: int, sample: np.ndarray, noise: np.ndarray | None = None
+    ) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -95,7 +99,7 @@ class DDIM(Scheduler):
         self.n = n
         self.final_alpha = np.float32(1.0) if self.s.config["set_alpha_to_one"] else s.alphas_cumprod[0]
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray, noise=None) -> np.ndarray:
         s = self.s
         t = int(self.timesteps[step_index])
         prev_t = t - s.num_train_timesteps // self.n
@@ -145,7 +149,7 @@ class EulerDiscrete(Scheduler):
         sigma = self.sigmas[step_index]
         return (sample / ((sigma**2 + 1) ** 0.5)).astype(np.float32)
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray, noise=None) -> np.ndarray:
         sigma = self.sigmas[step_index]
         if self.s.prediction_type == "epsilon":
             x0 = sample - sigma * model_output
@@ -182,7 +186,7 @@ class DPMSolverPP2M(Scheduler):
         alpha = np.float32(1.0) / np.float32((sigma**2 + 1) ** 0.5)
         return alpha, sigma * alpha
 
-    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray) -> np.ndarray:
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray, noise=None) -> np.ndarray:
         i = step_index
         n = len(self.timesteps)
         alpha_s0, sigma_s0 = self._alpha_sigma(self.sigmas[i])
@@ -216,6 +220,91 @@ class DPMSolverPP2M(Scheduler):
         return np.asarray(out, np.float32)
 
 
+class LCM(Scheduler):
+    """diffusers.LCMScheduler: a consistency model's multistep sampler.
+
+    Timesteps are taken evenly (by index) from the distillation schedule of
+    ``original_inference_steps`` points (k = T / original steps: 999, 979, ... for 50); each step
+    maps the model's prediction to the trajectory's origin with the boundary-condition scalings
+    (sigma_data 0.5, ``timestep_scaling``) and re-noises it to the next timestep with fresh noise,
+    except after the last step.
+    """
+
+    name = "lcm"
+    DEFAULTS = {
+        "timestep_spacing": "leading",
+        "steps_offset": 0,
+        "original_inference_steps": 50,
+        "timestep_scaling": 10.0,
+        "set_alpha_to_one": True,
+        "clip_sample": False,
+    }
+    needs_noise = True
+
+    def set_timesteps(self, n: int) -> None:
+        s = self.s
+        T = s.num_train_timesteps
+        original = int(s.config["original_inference_steps"])
+        if original > T:
+            raise EdgeqError(
+                f"the scheduler config's original_inference_steps ({original}) exceeds num_train_timesteps ({T})",
+                "fix scheduler/scheduler_config.json",
+            )
+        if n > original:
+            raise EdgeqError(
+                f"an LCM model samples at most original_inference_steps = {original} steps, asked for {n}",
+                f"use --steps {original} or fewer (LCM models are made for 1-8)",
+            )
+        origin = (np.arange(1, original + 1) * (T // original) - 1)[::-1].copy()
+        idx = np.floor(np.linspace(0, len(origin), num=n, endpoint=False)).astype(np.int64)
+        self.timesteps = origin[idx].astype(np.int64)
+        self.final_alpha = np.float32(1.0) if s.config["set_alpha_to_one"] else s.alphas_cumprod[0]
+
+    def scalings(self, t: int) -> tuple[float, float]:
+        """``get_scalings_for_boundary_condition_discrete``: (c_skip, c_out) at timestep ``t``."""
+        sigma_data = 0.5
+        st = t * float(self.s.config["timestep_scaling"])
+        return sigma_data**2 / (st**2 + sigma_data**2), st / (st**2 + sigma_data**2) ** 0.5
+
+    def step(self, model_output: np.ndarray, step_index: int, sample: np.ndarray, noise=None) -> np.ndarray:
+        s = self.s
+        t = int(self.timesteps[step_index])
+        last = step_index == len(self.timesteps) - 1
+        prev_t = t if last else int(self.timesteps[step_index + 1])
+        a_t = s.alphas_cumprod[t]
+        a_prev = s.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha
+        b_t = 1 - a_t
+        if s.prediction_type == "epsilon":
+            x0 = (sample - b_t**0.5 * model_output) / a_t**0.5
+        else:
+            x0 = a_t**0.5 * sample - b_t**0.5 * model_output
+        if s.config["clip_sample"]:
+            r = float(s.config.get("clip_sample_range", 1.0))
+            x0 = np.clip(x0, -r, r)
+        c_skip, c_out = self.scalings(t)
+        denoised = np.float32(c_out) * x0 + np.float32(c_skip) * sample
+        if last:
+            return denoised.astype(np.float32)
+        if noise is None:
+            raise ValueError("the LCM sampler needs noise for every step but the last")
+        return (a_prev**0.5 * denoised + (1 - a_prev) ** 0.5 * noise).astype(np.float32)
+
+
+def guidance_embedding(w: float, dim: int) -> np.ndarray:
+    """The guidance-scale embedding an LCM UNet takes as ``timestep_cond``, shape [1, dim].
+
+    diffusers' ``LatentConsistencyModelPipeline.get_guidance_scale_embedding`` for ``w`` (LCM's w is
+    the pipeline's guidance scale minus one).
+    """
+    half = dim // 2
+    freq = np.exp(np.arange(half, dtype=np.float32) * -np.float32(np.log(np.float32(10000.0)) / (half - 1)))
+    emb = np.float32(w * 1000.0) * freq[None, :]
+    out = np.concatenate([np.sin(emb), np.cos(emb)], axis=1)
+    if dim % 2:
+        out = np.pad(out, ((0, 0), (0, 1)))
+    return out.astype(np.float32)
+
+
 def make_scheduler(name: str, config: dict[str, Any], prediction_type: str | None = None) -> Scheduler:
     """A scheduler by name, configured from a diffusers scheduler config."""
     if (
@@ -228,7 +317,7 @@ def make_scheduler(name: str, config: dict[str, Any], prediction_type: str | Non
             "the scheduler config asks for Karras/exponential/beta sigmas or thresholding",
             "edgeq's runtime implements the plain schedules; remove those options",
         )
-    classes = {"ddim": DDIM, "euler": EulerDiscrete, "dpmpp_2m": DPMSolverPP2M}
+    classes = {"ddim": DDIM, "euler": EulerDiscrete, "dpmpp_2m": DPMSolverPP2M, "lcm": LCM}
     if name not in classes:
         raise EdgeqError(f"unknown scheduler '{name}'", f"choose one of: {', '.join(SCHEDULERS)}")
     cls = classes[name]

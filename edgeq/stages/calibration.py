@@ -28,9 +28,9 @@ def capture_set(ctx: Context, which: str) -> Capture:
     """The calibration or held-out trajectories (``which``), captured once per settings."""
     p = ctx.export.pipeline
     seed = ctx.plan.seed if which == "calibration" else HELDOUT_SEED
-    settings = CaptureSettings(
-        tuple(ctx.prompts(which)), seed, p["steps"], p["guidance"], p["scheduler"], source=ctx.export.key
-    )
+    steps = ctx.plan.steps or p["steps"]  # the schedule the deployable will run, not the export's default
+    guidance = p["guidance"] if ctx.plan.guidance is None else ctx.plan.guidance
+    settings = CaptureSettings(tuple(ctx.prompts(which)), seed, steps, guidance, p["scheduler"], source=ctx.export.key)
     with ctx.stages.timed(f"capture_{which}_s"):
         return capture(
             ctx.export.folder,

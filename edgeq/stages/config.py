@@ -30,6 +30,8 @@ class BuildOptions:
     out: Path | None = None
     weights: Path | None = None
     config_dir: Path | None = None
+    steps: int | None = None  # denoising steps captured and deployed; None: the model's
+    guidance: float | None = None  # guidance scale captured and deployed; None: the model's
     groups: int | None = None
     group_mode: str | None = None
     grouping: str | None = None
@@ -79,6 +81,9 @@ class BuildPlan:
     cpu_family: str | None = None  # CPU targets: the family built for (host resolved), else None
     weight_bits: int = 8  # what the family asks of int8 weights (components may fix their own)
     weight_bits_reason: str = ""
+    steps: int | None = None  # denoising steps captured, checked and deployed as the default
+    guidance: float | None = None  # guidance scale captured, checked and deployed as the default
+    groups_reason: str = ""  # why ``groups`` differs from what was asked, if it does
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,14 +121,28 @@ def resolve(opts: BuildOptions):
         raise EdgeqError(f"--range-method {opts.range_method!r} is not one of {', '.join(RANGE_CHOICES)}")
     _at_least("num-calib", opts.num_calib, 1)
     _at_least("num-heldout", opts.num_heldout, 1)
+    _at_least("steps", opts.steps, 1)
+    if opts.guidance is not None and opts.guidance < 0:
+        raise EdgeqError(f"--guidance must be at least 0, got {opts.guidance}")
     family, bits, why = cpu_flavour(profile, opts.cpu)
     source = resolve_weights(opts.model, opts.weights, opts.config_dir)
     spec = source.spec
+    steps = opts.steps or spec.steps
+    guidance = spec.guidance if opts.guidance is None else opts.guidance
+    groups_reason = ""
+    if groups > steps:
+        if opts.groups is not None:
+            raise EdgeqError(
+                f"--groups {groups} is more than the {steps} denoising steps this build calibrates",
+                f"use at most {steps} groups (one per step), or more --steps",
+            )
+        groups_reason = f"the profile's {groups} groups capped at the {steps} denoising steps: one group per step"
+        groups = steps
     calib_calls = opts.calib_calls if opts.calib_calls is not None else spec.calib_calls
-    if calib_calls is not None and calib_calls < spec.steps:
+    if calib_calls is not None and calib_calls < steps:
         raise EdgeqError(
-            f"--calib-calls {calib_calls} is fewer than the {spec.steps} denoising steps",
-            f"give at least {spec.steps}, so every step has statistics",
+            f"--calib-calls {calib_calls} is fewer than the {steps} denoising steps",
+            f"give at least {steps}, so every step has statistics",
         )
     slug = spec.name.strip("./").replace("/", "_")
     out = opts.out or Path("build") / f"{slug}-{profile.name}"
@@ -151,6 +170,9 @@ def resolve(opts: BuildOptions):
         cpu_family=family,
         weight_bits=bits,
         weight_bits_reason=why,
+        steps=steps,
+        guidance=guidance,
+        groups_reason=groups_reason,
     )
     return profile, source, plan
 

@@ -109,7 +109,11 @@ def prepare(opts: BuildOptions, log=print, cluster=None) -> Context:
     stages = StageCache(Path(plan.cache_dir), log)
     ensure_writable_dir(stages.root)
     ex = profile.export
-    settings = ExportSettings(opset=ex.opset, static=ex.static, batch=ex.batch, height=ex.height, width=ex.width)
+    # a static UNet batch is the guidance batch: 2 with classifier-free guidance, 1 for Turbo (guidance
+    # 0, 1) and LCM (guidance embedded in the UNet's timestep_cond input)
+    embedded = any(t.name == "timestep_cond" for t in source.spec.component("unet").inputs)
+    batch = ex.batch if plan.guidance is None or (plan.guidance > 1.0 and not embedded) else 1
+    settings = ExportSettings(opset=ex.opset, static=ex.static, batch=batch, height=ex.height, width=ex.width)
     folder = "fp32" + ("-static" if ex.static else "") + (f"-opset{ex.opset}" if ex.opset != 17 else "")
     with stages.timed("export_s"):
         res = export(source, stages.root / folder, settings, log=log)
