@@ -134,4 +134,3 @@ def deployed_pipeline(ctx) -> dict:
     if ctx.plan.guidance is not None:
         p["guidance"] = ctx.plan.guidance
     return p
-

@@ -108,6 +108,32 @@ def image_grid(top: list[np.ndarray], bottom: list[np.ndarray], scale: int | Non
     return grid
 
 
+def grouping_gain(variants: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """What per-group scales gain over one shared range: per grouped variant, the worst group's and the
+    mean SQNR difference in dB (with a group per denoising step, this is per-step scales' gain)."""
+    shared = variants.get("shared")
+    out: dict[str, dict[str, float]] = {}
+    if not shared:
+        return out
+    for mode, rows in variants.items():
+        if mode == "shared" or not rows:
+            continue
+        a = [r["sqnr_db"] for r in shared]
+        b = [r["sqnr_db"] for r in rows]
+        out[mode] = {"worst_db": min(b) - min(a), "mean_db": float(np.mean(b) - np.mean(a))}
+    return out
+
+
+def _grouping_gain(variants: dict[str, list[dict]]) -> list[str]:
+    gains = grouping_gain(variants)
+    if not gains:
+        return []
+    lines = ["", "What per-group scales gain over one shared range (held-out calls):", ""]
+    for mode, g in gains.items():
+        lines.append(f"- {mode}: worst group {g['worst_db']:+.2f} dB, mean {g['mean_db']:+.2f} dB")
+    return lines
+
+
 def sqnr_plot(variants: dict[str, list[dict]], threshold: float) -> np.ndarray:
     """Bars of UNet SQNR per timestep group, one colour per deployment mode, threshold dashed."""
     from PIL import Image, ImageDraw
@@ -269,6 +295,7 @@ def _markdown(r: Report) -> str:
     for i, row in enumerate(r.unet_groups):
         vals = " | ".join(f"{r.variants[m][i]['sqnr_db']:.2f}" for m in r.variants)
         lines.append(f"| {row['index']} | {row['t_min']:.0f}-{row['t_max']:.0f} | {vals} | {row['cosine']:.5f} |")
+    lines += _grouping_gain(r.variants)
     lines += ["", "## End to end (same seeds as FP32)", ""]
     for k, v in r.e2e.items():
         lines.append(f"- {k}: {json.dumps(v) if isinstance(v, dict) else (f'{v:.4g}' if isinstance(v, float) else v)}")

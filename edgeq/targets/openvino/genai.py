@@ -40,7 +40,7 @@ GENAI_SCHEDULERS = frozenset(
         "FlowMatchEulerDiscreteScheduler",
     }
 )
-DIFFUSERS_CLASS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler"}  # edgeq's that GenAI has
+DIFFUSERS_CLASS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "lcm": "LCMScheduler"}  # GenAI has these
 MODEL_FILE = "openvino_model.xml"
 SUBFOLDER = "genai"  # genai = "on": where a per-group or gains build puts the GenAI folder
 # inputs GenAI feeds as int64 (with the shape it gives them; None: the graph's own)
