@@ -12,7 +12,7 @@ noise from the seed's generator after the initial latents.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,30 @@ class Pipeline:
     # -- generation ---------------------------------------------------------------------------
     def generate(self, o: GenerateOptions) -> np.ndarray:
         """One image, HxWx3 uint8."""
+        return self.generate_many([o])[0]
+
+    def generate_many(self, opts: list[GenerateOptions]) -> list[np.ndarray]:
+        """Images for several options, denoised in lockstep: step i of every image before step i + 1 of
+        any. Each image is what :meth:`generate` makes of its options alone; a UNet with one graph per
+        timestep group that keeps one graph loaded at a time switches graphs once per group, not once
+        per image."""
+        runs = [self._denoise(o) for o in opts]
+        final: list[np.ndarray | None] = [None] * len(runs)
+        active = list(range(len(runs)))
+        while active:
+            still = []
+            for k in active:
+                try:
+                    next(runs[k])
+                    still.append(k)
+                except StopIteration as done:
+                    final[k] = done.value
+            active = still
+        return [self.decode(z) for z in final]
+
+    def _denoise(self, o: GenerateOptions) -> Generator[None, None, np.ndarray]:
+        """The denoising loop of one image as a generator: yields after each UNet call, returns the
+        final latents."""
         steps = o.steps or self.p["steps"]
         guidance = self.p["guidance"] if o.guidance is None else o.guidance
         sched_name = o.scheduler or self.p["scheduler"]
@@ -155,9 +179,10 @@ class Pipeline:
                 eps = e_u + np.float32(guidance) * (e_c - e_u)
             noise = rng.standard_normal(shape, dtype=np.float32) if sched.needs_noise and i < last else None
             latents = sched.step(eps, i, latents, noise=noise)
+            yield
         if o.on_final_latents is not None:
             o.on_final_latents(latents)
-        return self.decode(latents)
+        return latents
 
     def vae_input(self, latents: np.ndarray) -> np.ndarray:
         """The VAE decoder's input for final latents (unscaled, shifted)."""

@@ -6,6 +6,9 @@ own runner in their module (OpenVINO, TensorRT), so this file never imports them
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import gc
 import os
 from pathlib import Path
 from typing import Protocol
@@ -88,15 +91,76 @@ class GainsRunner:
         return self.runner.run({**feeds, self.input: self.table[g]})
 
 
-def one_or_grouped(runners: list[tuple[Runner, dict]]) -> Runner:
-    """The runner of a single graph, or a :class:`GroupedRunner` over per-group graphs."""
-    return runners[0][0] if len(runners) == 1 else GroupedRunner(runners)
+def release_memory() -> None:
+    """Free what unreachable objects hold and hand the C heap's free pages back to the system (glibc's
+    ``malloc_trim``): a freed session's weights otherwise stay in the process, and the next session's
+    allocations land beside them rather than in their place."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): the allocator keeps its pages
+        pass
+
+
+class OneGroupRunner:
+    """Per-group UNet graphs with one graph loaded at a time: a call for another group drops the loaded
+    graph before loading the next. Memory stays at one graph's whatever the group count; each switch
+    costs a load, so callers order their calls by group (group-major checks, lockstep generation)."""
+
+    def __init__(self, make, paths: list[Path], groups: list[dict]):
+        from edgeq.runtime.groups import group_for
+
+        self._group_for = group_for
+        self._make = make
+        self.paths = paths
+        self.groups = groups
+        self.loads = 0
+        self._index, self._runner = -1, None
+        self._load(0)
+        self.input_names = self._runner.input_names
+
+    def _load(self, g: int) -> None:
+        if g != self._index:
+            self._runner = None
+            release_memory()  # the old session's memory goes back before the new one is allocated
+            self._runner = self._make(self.paths[g])
+            self._index = g
+            self.loads += 1
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._load(self._group_for(self.groups, float(feeds["timestep"])))
+        return self._runner.run(feeds)
+
+
+_ONE_GROUP = contextvars.ContextVar("edgeq_one_group_at_a_time", default=False)
+
+
+@contextlib.contextmanager
+def one_group_at_a_time():
+    """Runners made inside hold one per-group graph at a time (:class:`OneGroupRunner`): the build's
+    checks, which order their calls by group, keep one UNet's weights in memory, not one per group."""
+    token = _ONE_GROUP.set(True)
+    try:
+        yield
+    finally:
+        _ONE_GROUP.reset(token)
+
+
+def grouped(make, graphs: list[tuple[Path, dict]]) -> Runner:
+    """``make(path)`` over per-group graphs: all loaded, or one at a time inside :func:`one_group_at_a_time`."""
+    if len(graphs) == 1:
+        return make(graphs[0][0])
+    if _ONE_GROUP.get():
+        return OneGroupRunner(make, [p for p, _ in graphs], [g for _, g in graphs])
+    return GroupedRunner([(make(p), g) for p, g in graphs])
 
 
 def component_runner(make, build: Path, info: dict, key: str = "path") -> Runner:
     """``make(file)`` for a manifest component: its one graph, or each of its per-group graphs."""
     if "graphs" in info:
-        return GroupedRunner([(make(build / g[key]), g) for g in info["graphs"]])
+        return grouped(make, [(build / g[key], g) for g in info["graphs"]])
     if "gains" in info:
         import json
 

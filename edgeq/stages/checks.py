@@ -63,7 +63,7 @@ def _gates(manifest: dict, g, unet_rows: list[dict], vae_db: float | None, e2e: 
 def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | None = None, log=print):
     """Accuracy checks of a build folder against its FP32 source; writes the report, updates the manifest."""
     from edgeq.runtime.pipeline import Pipeline
-    from edgeq.runtime.sessions import LazyRunner, OrtRunner
+    from edgeq.runtime.sessions import LazyRunner, OrtRunner, one_group_at_a_time
     from edgeq.stages.calibration import capture_set
     from edgeq.stages.context import prepare
     from edgeq.stages.memory import PeakRss
@@ -77,7 +77,8 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
     # a build's own stages (its context): their times and peaks join the manifest's
     stage_times = dict(ctx.timings) if ctx is not None else {}
     stage_peaks = dict(ctx.stages.peak_rss_gb) if ctx is not None else {}
-    with PeakRss() as peak:  # the checks' own peak memory
+    # the checks' own peak memory; per-group graphs are held one at a time (calls and images in group order)
+    with PeakRss() as peak, one_group_at_a_time():
         if ctx is None:
             opts = BuildOptions.from_dict(manifest["build_options"])
             ctx = prepare(replace(opts, cache_dir=Path(manifest["cache_dir"])), log)

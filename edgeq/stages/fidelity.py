@@ -35,9 +35,9 @@ from edgeq.verify.device import BUNDLE, BUNDLE_DIR, BUNDLE_FORMAT, CALLS, IMAGES
 
 def exact_runner(unet: QuantizedUnet, mode: str):
     """The deployed variant's Q/DQ graphs as exact arithmetic (ONNX Runtime, no graph optimisation)."""
-    from edgeq.runtime.sessions import OrtRunner, one_or_grouped
+    from edgeq.runtime.sessions import OrtRunner, grouped
 
-    return unet.runner(mode, lambda graphs: one_or_grouped([(OrtRunner(p, optimize=False), g) for p, g in graphs]))
+    return unet.runner(mode, lambda graphs: grouped(lambda p: OrtRunner(p, optimize=False), graphs))
 
 
 def pick_calls(held: Capture, groups: list[dict], per_group: int) -> list[tuple[int, int]]:
@@ -58,7 +58,7 @@ def write_bundle(ctx: Context, unet: QuantizedUnet | None, mode: str, held: Capt
     """``verify/``: UNet calls with FP32 and exact outputs, FP32 and host INT8 images; returns its files."""
     from tqdm import tqdm
 
-    from edgeq.runtime.sessions import LazyRunner, OrtRunner
+    from edgeq.runtime.sessions import LazyRunner, OrtRunner, one_group_at_a_time
     from edgeq.verify.checks import to_image
 
     g = ctx.profile.gates
@@ -69,9 +69,11 @@ def write_bundle(ctx: Context, unet: QuantizedUnet | None, mode: str, held: Capt
     if unet is not None and mode != "float":
         groups = unet.group_dicts
         wanted = set(pick_calls(held, groups, g.verify_calls_per_group))
-        exact = exact_runner(unet, mode)
+        with one_group_at_a_time():
+            exact = exact_runner(unet, mode)
         fp32 = LazyRunner(ctx.export.path("unet"))
         samples = [s for s in held.unet_samples() if (s.prompt_index, s.step) in wanted]
+        samples.sort(key=lambda s: group_for(groups, s.timestep))  # group-major: one graph load per group
         for k, s in enumerate(tqdm(samples, desc="verification bundle (exact Q/DQ)", unit="call")):
             ref = s.reference if s.reference is not None else fp32.run(s.feeds)["out_sample"]
             for name, v in s.feeds.items():
@@ -119,8 +121,9 @@ def add_host_images(stage: Path, runners: dict[str, Any]) -> None:
     pipe = Pipeline(stage, runners=runners)
     with np.load(stage / IMAGES) as z:
         images = {k: z[k] for k in z.files}
-    for i, im in enumerate(bundle["images"]):
-        images[f"int8_{i}"] = pipe.generate(GenerateOptions(prompt=im["prompt"], seed=im["seed"]))
+    got = pipe.generate_many([GenerateOptions(prompt=im["prompt"], seed=im["seed"]) for im in bundle["images"]])
+    for i, img in enumerate(got):
+        images[f"int8_{i}"] = img
     np.savez(stage / IMAGES, **images)
     _record_artifacts(stage, [IMAGES])
 
@@ -149,12 +152,15 @@ def check_fidelity(ctx: Context, target, unet: QuantizedUnet | None, mode: str, 
     """Write the bundle, then measure the kernels against the exact arithmetic, here and emulated."""
     files = write_bundle(ctx, unet, mode, held, stage)
     _record_artifacts(stage, [str(f.relative_to(stage)) for f in files])
+    from edgeq.runtime.sessions import one_group_at_a_time
+
     runners = target.runners()
-    add_host_images(stage, runners)
     plan = ctx.plan
     runtime = target.runtime
-    # the files were just written and hashed by the pipeline that made the host images: no second pass
-    host = device_check(stage, runners=runners, family=cpu_mod.effective_family(runtime), recheck=False, log=log)
+    with one_group_at_a_time():  # per-group graphs: one in memory at a time (calls and images in group order)
+        add_host_images(stage, runners)
+        # the files were just written and hashed by the pipeline that made the host images: no second pass
+        host = device_check(stage, runners=runners, family=cpu_mod.effective_family(runtime), recheck=False, log=log)
     emulated: dict[str, dict] = {}
     cpu = ctx.profile.cpu
     if unet is not None and mode != "float" and cpu is not None and cpu.check_other_families:

@@ -34,19 +34,21 @@ class VariantMetrics:
 
 
 def check_variants(ctx: Context, target, unet: QuantizedUnet, held: Capture) -> VariantMetrics:
-    from edgeq.runtime.sessions import LazyRunner
+    from edgeq.runtime.sessions import LazyRunner, one_group_at_a_time
     from edgeq.verify.checks import unet_groups
 
     groups = unet.group_dicts
     fp32 = LazyRunner(ctx.export.path("unet"))
     rows: dict[str, list[dict]] = {}
     modes = ["shared"] + ["per-group"] * (unet.per_group_dir is not None) + ["gains"] * (unet.gains_dir is not None)
-    with ctx.stages.timed("check_unet_s"):
+    # per-group graphs one at a time: unet_groups runs the calls group by group
+    with ctx.stages.timed("check_unet_s"), one_group_at_a_time():
         for mode in modes:
             runner = unet.runner(mode, lambda graphs: target.unet_runner(ctx, graphs))
             rows[mode] = unet_groups(fp32, runner, held, groups, f"check unet ({mode})")
-        del fp32, runner  # a full-size UNet session holds gigabytes; the packaging and checks follow
-        gc.collect()
+            del runner  # a full-size UNet session holds gigabytes: one variant in memory at a time
+            gc.collect()
+        del fp32
     return VariantMetrics(rows)
 
 

@@ -30,9 +30,9 @@ class OrtCpuTarget(Target):
 
     def unet_runner(self, ctx, graphs: list[tuple[Path, dict]]):
         """The checks run UNet variants (Q/DQ ONNX graphs) with ONNX Runtime."""
-        from edgeq.runtime.sessions import OrtRunner, one_or_grouped
+        from edgeq.runtime.sessions import OrtRunner, grouped
 
-        return one_or_grouped([(OrtRunner(p), g) for p, g in graphs])
+        return grouped(OrtRunner, graphs)
 
 
 TARGET = OrtCpuTarget

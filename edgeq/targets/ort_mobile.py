@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeq.errors import EdgeqError
-from edgeq.runtime.sessions import OrtRunner, component_runner, one_or_grouped
+from edgeq.runtime.sessions import OrtRunner, component_runner, grouped
 from edgeq.targets.base import Target
 from edgeq.targets.common import graphs_of, onnx_layout
 
@@ -364,7 +364,7 @@ def unet_runner(ctx, graphs: list[tuple[Path, dict]], opts: MobileOptions):
 
     stage = (str(src.resolve()), opts.optimization_level, opts.target_platform)
     root = ctx.stages.folder("ort-format", *stage, make=make)
-    return one_or_grouped([(OrtFormatRunner(root / "ort" / Path(p.name).with_suffix(".ort")), g) for p, g in graphs])
+    return grouped(lambda p: OrtFormatRunner(root / "ort" / Path(p.name).with_suffix(".ort")), graphs)
 
 
 class OrtMobileTarget(Target):

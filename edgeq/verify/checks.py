@@ -44,8 +44,14 @@ def unet_groups(
     fp32: Runner, quant: Runner, capture: Capture, groups: list[dict], desc: str = "check unet"
 ) -> list[dict]:
     """Noise-prediction SQNR and cosine per timestep group on held-out captured UNet inputs."""
+    from edgeq.runtime.sessions import OneGroupRunner
+
     acc = [{"sig": 0.0, "err": 0.0, "dot": 0.0, "qq": 0.0, "n": 0} for _ in groups]
-    for s in progress(capture.unet_samples(), total=len(capture), desc=desc, unit="call", knob="--num-heldout"):
+    if isinstance(quant, OneGroupRunner) and len(groups) > 1:  # group-major: one graph load per group
+        samples = (s for g in range(len(groups)) for s in capture.unet_samples() if group_for(groups, s.timestep) == g)
+    else:
+        samples = capture.unet_samples()
+    for s in progress(samples, total=len(capture), desc=desc, unit="call", knob="--num-heldout"):
         ref = (s.reference if s.reference is not None else fp32.run(s.feeds)["out_sample"]).astype(np.float64)
         q = quant.run(s.feeds)["out_sample"].astype(np.float64)
         a = acc[group_for(groups, s.timestep)]

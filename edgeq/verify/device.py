@@ -162,7 +162,7 @@ def device_check(
     if images and bundle["images"]:
         with np.load(folder / IMAGES) as z:
             ref = {k: z[k] for k in z.files}
-        got = [pipe.generate(GenerateOptions(prompt=im["prompt"], seed=im["seed"])) for im in bundle["images"]]
+        got = pipe.generate_many([GenerateOptions(prompt=im["prompt"], seed=im["seed"]) for im in bundle["images"]])
         fp32 = [ref[f"fp32_{i}"] for i in range(len(got))]
         e2e = {
             "images": len(got),

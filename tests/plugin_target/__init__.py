@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeq.runtime.sessions import OrtRunner, component_runner, one_or_grouped
+from edgeq.runtime.sessions import OrtRunner, component_runner, grouped
 from edgeq.targets.base import Target
 from edgeq.targets.ort_cpu import package_onnx
 
@@ -36,7 +36,7 @@ class OrtExactTarget(Target):
         return {RUNTIME: lambda build, info: component_runner(exact_runner, build, info)}
 
     def unet_runner(self, ctx, graphs: list[tuple[Path, dict]]):
-        return one_or_grouped([(exact_runner(p), g) for p, g in graphs])
+        return grouped(exact_runner, graphs)
 
 
 TARGET = OrtExactTarget

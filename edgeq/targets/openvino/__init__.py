@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeq.runtime.sessions import component_runner, one_or_grouped
+from edgeq.runtime.sessions import component_runner, grouped
 from edgeq.targets.base import Target
 from edgeq.targets.common import graphs_of, onnx_layout
 from edgeq.targets.openvino import genai
@@ -263,7 +263,7 @@ class OpenVinoTarget(Target):
     def unet_runner(self, ctx, graphs: list[tuple[Path, dict]]):
         """The checks run UNet variants with OpenVINO too (it reads the Q/DQ ONNX with the same frontend)."""
         opts = self._opts(ctx, graphs[0][0])
-        return one_or_grouped([(OpenVinoRunner(p, **opts), g) for p, g in graphs])
+        return grouped(lambda p: OpenVinoRunner(p, **opts), graphs)
 
 
 TARGET = OpenVinoTarget

@@ -66,7 +66,7 @@ class TensorRtTarget(Target):
 
     def unet_runner(self, ctx, graphs: list[tuple[Path, dict]]):
         """The build's variant checks run TensorRT's graphs (FP16 + Q/DQ) on the CPU: the simulation."""
-        from edgeq.runtime.sessions import OrtRunner, one_or_grouped
+        from edgeq.runtime.sessions import OrtRunner, grouped
         from edgeq.targets.tensorrt.lowering import to_trt_onnx
 
         opts = self._opts(ctx)
@@ -78,7 +78,7 @@ class TensorRtTarget(Target):
             key = (str(path.resolve()), path.stat().st_mtime_ns, opts)
             return ctx.stages.folder("trt-sim", *key, make=make) / "model.onnx"
 
-        return one_or_grouped([(OrtRunner(lowered(path)), g) for path, g in graphs])
+        return grouped(lambda path: OrtRunner(lowered(path)), graphs)
 
     def runners(self) -> dict[str, Any]:
         """Engines where built; until then ONNX Runtime runs TensorRT's graphs (the CPU simulation)."""

@@ -1,0 +1,109 @@
+"""Memory of the checks: per-group graphs held one at a time, calls and images in group order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+# A Q/DQ convolution stack with ~45 MB of int8 weights, saved as four "group" graphs that differ in
+# their activation scales, as per-group graphs do; the child runs one call per group through edgeq's
+# runner for per-group graphs and says how much its resident memory grew (Linux /proc).
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeq.runtime.sessions import OrtRunner, grouped, one_group_at_a_time
+
+    root, mode = Path(sys.argv[1]), sys.argv[2]
+    C, n = 512, 20
+    w = np.random.default_rng(0).integers(-127, 127, (C, C, 3, 3)).astype(np.int8)
+    graphs = []
+    for g in range(4):
+        path = root / f"g{g}.onnx"
+        if not path.exists():
+            nodes, inits, prev = [], [], "sample"
+            for i in range(n):
+                inits += [
+                    numpy_helper.from_array(w, f"w{i}"),
+                    numpy_helper.from_array(np.full(C, 0.01, np.float32), f"ws{i}"),
+                    numpy_helper.from_array(np.zeros(C, np.int8), f"wz{i}"),
+                    numpy_helper.from_array(np.array(0.05 * (g + 1), np.float32), f"as{i}"),
+                    numpy_helper.from_array(np.array(0, np.int8), f"az{i}"),
+                ]
+                nodes += [
+                    helper.make_node("QuantizeLinear", [prev, f"as{i}", f"az{i}"], [f"q{i}"]),
+                    helper.make_node("DequantizeLinear", [f"q{i}", f"as{i}", f"az{i}"], [f"d{i}"]),
+                    helper.make_node("DequantizeLinear", [f"w{i}", f"ws{i}", f"wz{i}"], [f"dw{i}"], axis=0),
+                    helper.make_node("Conv", [f"d{i}", f"dw{i}"], [f"y{i}"], pads=[1, 1, 1, 1]),
+                ]
+                prev = f"y{i}"
+            nodes.append(helper.make_node("Identity", [prev], ["out_sample"]))
+            x = helper.make_tensor_value_info("sample", TensorProto.FLOAT, [1, C, 8, 8])
+            t = helper.make_tensor_value_info("timestep", TensorProto.FLOAT, [])
+            nodes.append(helper.make_node("Identity", ["timestep"], ["t_out"]))
+            y = helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, [1, C, 8, 8])
+            to = helper.make_tensor_value_info("t_out", TensorProto.FLOAT, [])
+            graph = helper.make_graph(nodes, "g", [x, t], [y, to], inits)
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        graphs.append((path, {"index": g, "t_min": 250.0 * g, "t_max": 250.0 * g + 249}))
+    def rss_mb():
+        return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+
+    base = rss_mb()
+    x = np.random.default_rng(1).standard_normal((1, C, 8, 8)).astype(np.float32)
+    if mode == "one":
+        with one_group_at_a_time():
+            runner = grouped(OrtRunner, graphs)
+    elif mode == "single":  # one graph alone, the baseline: what a session costs
+        runner, graphs = grouped(OrtRunner, graphs[:1]), graphs[:1]
+    else:
+        runner = grouped(OrtRunner, graphs)
+    # (only sums are kept: an output array ONNX Runtime returns can keep its session's memory alive)
+    sums = []
+    for g in range(len(graphs)):
+        out = runner.run({"sample": x, "timestep": np.array(250.0 * g + 10, np.float32)})["out_sample"]
+        sums.append(float(np.abs(out).sum()))
+        del out
+    print(json.dumps({"delta_mb": rss_mb() - base, "loads": getattr(runner, "loads", None),
+                      "sums": sums}))
+    """
+)
+
+
+def _child(root: Path, mode: str) -> dict:
+    r = subprocess.run([sys.executable, "-c", CHILD, str(root), mode], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_per_group_graphs_one_at_a_time_hold_one_copy_of_the_weights(tmp_path):
+    """Four per-group graphs of ~45 MB of int8 weights each: all loaded, the process holds four sessions;
+    one at a time, what one graph alone costs, and the outputs are the same."""
+    all_loaded = _child(tmp_path, "all")
+    one = _child(tmp_path, "one")
+    single = _child(tmp_path, "single")
+    assert one["loads"] == 4
+    assert one["sums"] == all_loaded["sums"] and single["sums"] == all_loaded["sums"][:1]
+    extra_all = all_loaded["delta_mb"] - single["delta_mb"]  # three more sessions: big enough to see
+    extra_one = one["delta_mb"] - single["delta_mb"]
+    assert extra_all > 100, (all_loaded, single)
+    assert extra_one < 0.25 * extra_all, (one, all_loaded, single)
+
+
+def test_lockstep_generation_makes_the_same_images(tiny_exports):
+    from edgeq.runtime.pipeline import GenerateOptions, Pipeline
+
+    pipe = Pipeline(tiny_exports["sd15"])
+    opts = [GenerateOptions(prompt=p, seed=s, steps=3) for p, s in (("a red cat", 1), ("a blue dog", 2))]
+    many = pipe.generate_many(opts)
+    for o, img in zip(opts, many):
+        assert np.array_equal(img, pipe.generate(o))
