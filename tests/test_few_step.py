@@ -12,6 +12,7 @@ import pytest
 from conftest import SMALL, cli
 
 from edgeq.errors import EdgeqError
+from edgeq.models.presets import PRESETS
 
 PROMPT = "a large red circle in the center on a blue background"
 
@@ -97,7 +98,8 @@ def test_few_step_kinds_are_read_from_the_configs(tmp_path):
     lora = resolve(str(_folder(tmp_path, "lcm-lora-fused", {"_class_name": "LCMScheduler"}))).spec
     assert (lora.scheduler, lora.steps, lora.guidance) == ("lcm", 4, 1.0)
     plain = resolve(str(_folder(tmp_path, "plain", {"timestep_spacing": "trailing"}))).spec
-    assert plain.scheduler == "ddim" and plain.steps == 20  # trailing spacing alone is not Turbo
+    sd15 = PRESETS["sd15"]  # trailing spacing alone is not Turbo: the family's defaults
+    assert (plain.scheduler, plain.steps, plain.guidance) == (sd15.scheduler, sd15.steps, sd15.guidance)
 
 
 def test_lcm_preset_on_a_unet_without_guidance_embedding_says_so(tmp_path):
@@ -138,7 +140,7 @@ def test_tiny_lcm_build_calibrates_each_step(lcm_cache, tmp_path):
     groups = m["quantization"]["groups"]
     assert [(g["t_min"], g["t_max"]) for g in groups] == [(999.0, 999.0), (499.0, 499.0)]
     rep = json.loads((out / "report.json").read_text())
-    assert set(rep["variants"]) == {"shared", "per-group", "gains"}
+    assert {"shared", "per-group"} <= set(rep["variants"])  # (ort-cpu's auto leaves gains out: see its profile)
     assert all(len(rows) == 2 for rows in rep["variants"].values())
     assert "What per-group scales gain over one shared range" in (out / "report.md").read_text()
     shard = next((lcm_cache).rglob("shard-00000.npz"))
