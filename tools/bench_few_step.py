@@ -150,6 +150,35 @@ def latency(args, builds: dict, log) -> dict:
     return results
 
 
+def range_spread(builds: dict) -> dict:
+    """How far apart the steps' activation ranges are, per step count: for every calibrated UNet tensor,
+    log2 of its largest |max| over the steps minus log2 of its smallest (bits), from the builds' statistics.
+    Per-step scales can only gain where this is large."""
+    from edgeq.calibrate.collect import Stats
+    from edgeq.manifest import read_manifest
+
+    out: dict = {}
+    for b in builds.values():
+        n = b["steps"]
+        if n in out or n == 1:
+            continue
+        cache = Path(read_manifest(Path(b["folder"]))["cache_dir"])
+        for f in sorted(cache.glob("stats-unet-*.npz")):
+            st = Stats.load(f)
+            if len(st.timesteps) == n:
+                d = st.absmax_profile()
+                d = d.max(0) - d.min(0)
+                out[n] = {
+                    "timesteps": [float(t) for t in st.timesteps],
+                    "tensors": int(d.size),
+                    "median_bits": float(np.median(d)),
+                    "p90_bits": float(np.percentile(d, 90)),
+                    "max_bits": float(d.max()),
+                }
+                break
+    return out
+
+
 def grouping_gain(variants: dict) -> dict:
     from edgeq.verify.report import grouping_gain as gain
 
@@ -194,6 +223,21 @@ def markdown(res: dict) -> str:
         "Each SQNR cell lists the steps in order (t = 999 first). The variant columns come from every build's",
         "own check of all variants; the e2e columns are the deployed variant's (the build's mode).",
         "",
+        "## How far apart the steps' activation ranges are",
+        "",
+        "Per calibrated UNet tensor, log2 of its largest |max| over the steps minus log2 of its smallest",
+        "(calibration statistics): per-step scales can only gain where the steps' ranges differ.",
+        "",
+        "| steps | timesteps | tensors | median bits | p90 bits | max bits |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, r in sorted(res.get("range_spread", {}).items()):
+        lines.append(
+            f"| {n} | {', '.join(f'{t:.0f}' for t in r['timesteps'])} | {r['tensors']} | {r['median_bits']:.2f} | "
+            f"{r['p90_bits']:.2f} | {r['max_bits']:.2f} |"
+        )
+    lines += [
+        "",
         "## Time per image (text encoder + UNet calls + VAE decoder), median of interleaved rounds",
         "",
         "| runtime | pipeline | ms per image | vs tiny-sd FP32 20 steps |",
@@ -213,12 +257,23 @@ def main() -> None:
     ap.add_argument("--num-heldout", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "few-step")
+    ap.add_argument(
+        "--report-only", action="store_true", help="re-read the saved JSON and its builds' statistics; no builds"
+    )
     args = ap.parse_args()
 
     def log(msg: str) -> None:
         print(msg, flush=True)
 
     cpu = detect()
+    stem = ROOT / "benchmarks" / f"few_step_tiny-lcm_{cpu.family}"
+    if args.report_only:
+        res = json.loads(stem.with_suffix(".json").read_text())
+        res["range_spread"] = {int(k): v for k, v in range_spread(res["builds"]).items()}
+        stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(markdown(res))
+        print(markdown(res))
+        return
     builds = run_builds(args, log)
     d = cpu.to_dict()
     res = {
@@ -231,8 +286,8 @@ def main() -> None:
         "settings": {"num_calib": args.num_calib, "num_heldout": args.num_heldout, "repeats": args.repeats},
         "builds": builds,
         "latency": latency(args, builds, log),
+        "range_spread": range_spread(builds),
     }
-    stem = ROOT / "benchmarks" / f"few_step_tiny-lcm_{cpu.family}"
     stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     md = markdown(res)
     stem.with_suffix(".md").write_text(md)
