@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -126,9 +127,12 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "capture", cluster=None) -> Capture:
+def capture(
+    build: Path, folder: Path, settings: CaptureSettings, desc: str = "capture", cluster=None, on_first=None
+) -> Capture:
     """Capture trajectories of the FP32 build at ``build`` into ``folder`` (resuming if possible);
-    ``cluster`` (:class:`edgeq.stages.cluster.RayCluster`): one task per missing shard there."""
+    ``cluster`` (:class:`edgeq.stages.cluster.RayCluster`): one task per missing shard there.
+    ``on_first(seconds)``: called once the first prompt captured here is done, with its time."""
     from edgeq.runtime.pipeline import Pipeline
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,9 +154,12 @@ def capture(build: Path, folder: Path, settings: CaptureSettings, desc: str = "c
             f.unlink(missing_ok=True)
     pipe = Pipeline(build) if todo else None  # a full-size FP32 pipeline holds gigabytes: load only to capture
     knob = "--num-calib" if "calib" in desc else "--num-heldout"
-    for i in progress(todo, desc=desc, unit="prompt", knob=knob, disable=not todo):
+    for k, i in enumerate(progress(todo, desc=desc, unit="prompt", knob=knob, disable=not todo)):
         assert pipe is not None
+        t0 = time.perf_counter()
         capture_shard(pipe, settings, i, folder)
+        if k == 0 and on_first is not None:
+            on_first(time.perf_counter() - t0)
     first = Capture(folder, settings, ()).load(0)
     timesteps = [float(t) for t in first["timesteps"]]
     write_json(index_path, {"settings": want, "complete": True, "timesteps": timesteps})

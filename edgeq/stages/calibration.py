@@ -38,7 +38,37 @@ def capture_set(ctx: Context, which: str) -> Capture:
             settings,
             f"capture {which}",
             ctx.cluster,
+            on_first=(lambda s: ctx.stages.log(build_estimate(ctx, s, steps))) if which == "calibration" else None,
         )
+
+
+# statistics run the UNet with every calibrated activation as an extra output: slower than a plain call
+STATISTICS_CALL_FACTOR = 1.5
+
+
+def build_estimate(ctx: Context, first_prompt_s: float, steps: int) -> str:
+    """What the build's UNet calls will cost, from the first calibration prompt's capture time: each
+    stage's calls times the FP32 call time, with the option that sets the count. INT8 calls are
+    counted at the FP32 call's time (long) and cached stages are skipped; fixed costs (session loads,
+    Q/DQ insertion, packaging) come on top, which at full size are small beside the calls."""
+    from edgeq.progress import duration
+
+    p = ctx.plan
+    call = first_prompt_s / steps
+    stat_calls = p.calib_calls or p.num_calib * steps
+    variants = 1 if p.groups == 1 or p.group_mode == "shared" else 3
+    rows = [
+        ("capture", (p.num_calib + p.num_heldout) * steps * call, "--num-calib, --num-heldout"),
+        ("statistics", stat_calls * call * STATISTICS_CALL_FACTOR, "--calib-calls"),
+        ("UNet checks", p.num_heldout * steps * variants * call, "--num-heldout, --group-mode"),
+        ("end-to-end checks", p.num_heldout * steps * call, "--num-heldout"),
+    ]
+    total = sum(r[1] for r in rows)
+    parts = "; ".join(f"{name} ~{duration(s)} ({knob})" for name, s, knob in rows)
+    return (
+        f"build estimate from the first prompt ({first_prompt_s:.1f} s, {call:.2f} s per FP32 UNet call): "
+        f"UNet calls about {duration(total)} in all: {parts}; cached stages are skipped, fixed costs come on top"
+    )
 
 
 @dataclass(frozen=True)
