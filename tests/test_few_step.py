@@ -69,6 +69,8 @@ def test_lcm_pipeline_matches_diffusers(lcm_export, steps, monkeypatch):
     ).images[0]
     want = (np.clip(want, 0, 1) * 255).round().astype(np.uint8)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 2
+    with pytest.raises(EdgeqError, match="no negative branch"):
+        ours.generate(GenerateOptions(prompt=PROMPT, negative_prompt="blue", steps=steps))
 
 
 def _folder(tmp_path: Path, name: str, scheduler: dict | None = None, unet: dict | None = None) -> Path:

@@ -142,6 +142,12 @@ class Pipeline:
         sched = make_scheduler(sched_name, self.scheduler_config, self.p["prediction_type"])
         sched.set_timesteps(steps)
         embed_dim = self.p.get("guidance_embedding_dim")  # an LCM UNet: guidance is an input, not a batch
+        if embed_dim and o.negative_prompt:
+            raise EdgeqError(
+                "this is a latent consistency model: its guidance is embedded in the UNet, which has no "
+                "negative branch, so a negative prompt would be ignored",
+                "leave out the negative prompt (steer with --guidance)",
+            )
         cfg = uses_cfg(self.p, guidance)
         self._check_static(height, width, 2 if cfg else 1)
         if cfg:  # one text-encoder call for [negative, prompt], the UNet's classifier-free-guidance batch
