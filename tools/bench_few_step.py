@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgeq.runtime.cpu import detect  # noqa: E402
+from edgeq.verify.report import grouping_gain  # noqa: E402
 
 PROMPT = "a large red circle in the center on a blue background"
 
@@ -177,12 +178,6 @@ def range_spread(builds: dict) -> dict:
                 }
                 break
     return out
-
-
-def grouping_gain(variants: dict) -> dict:
-    from edgeq.verify.report import grouping_gain as gain
-
-    return gain(variants)
 
 
 def markdown(res: dict) -> str:

@@ -26,11 +26,12 @@ COMPONENTS = ("unet", "vae_decoder", "text_encoder")
 
 def capture_set(ctx: Context, which: str) -> Capture:
     """The calibration or held-out trajectories (``which``), captured once per settings."""
-    p = ctx.export.pipeline
+    p = ctx.pipeline  # the schedule the deployable will run, not the export's default
     seed = ctx.plan.seed if which == "calibration" else HELDOUT_SEED
-    steps = ctx.plan.steps or p["steps"]  # the schedule the deployable will run, not the export's default
-    guidance = p["guidance"] if ctx.plan.guidance is None else ctx.plan.guidance
-    settings = CaptureSettings(tuple(ctx.prompts(which)), seed, steps, guidance, p["scheduler"], source=ctx.export.key)
+    steps = p["steps"]
+    settings = CaptureSettings(
+        tuple(ctx.prompts(which)), seed, steps, p["guidance"], p["scheduler"], source=ctx.export.key
+    )
     with ctx.stages.timed(f"capture_{which}_s"):
         return capture(
             ctx.export.folder,

@@ -81,6 +81,12 @@ class Context:
     def timings(self) -> dict[str, float]:
         return self.stages.timings
 
+    @property
+    def pipeline(self) -> dict[str, Any]:
+        """The export's pipeline defaults with the plan's steps and guidance: the schedule the build
+        captures, checks and deploys."""
+        return {**self.export.pipeline, "steps": self.plan.steps, "guidance": self.plan.guidance}
+
     def prompts(self, which: str) -> list[str]:
         """The first ``num_calib`` / ``num_heldout`` prompts of the plan's prompt file."""
         p = self.plan
@@ -111,8 +117,10 @@ def prepare(opts: BuildOptions, log=print, cluster=None) -> Context:
     ex = profile.export
     # a static UNet batch is the guidance batch: 2 with classifier-free guidance, 1 for Turbo (guidance
     # 0, 1) and LCM (guidance embedded in the UNet's timestep_cond input)
+    from edgeq.runtime.pipeline import uses_cfg
+
     embedded = any(t.name == "timestep_cond" for t in source.spec.component("unet").inputs)
-    batch = ex.batch if plan.guidance is None or (plan.guidance > 1.0 and not embedded) else 1
+    batch = ex.batch if uses_cfg({"guidance": plan.guidance, "guidance_embedding_dim": embedded}) else 1
     settings = ExportSettings(opset=ex.opset, static=ex.static, batch=batch, height=ex.height, width=ex.width)
     folder = "fp32" + ("-static" if ex.static else "") + (f"-opset{ex.opset}" if ex.opset != 17 else "")
     with stages.timed("export_s"):

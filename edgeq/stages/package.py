@@ -97,7 +97,7 @@ def package(
         "target": ctx.profile.name,
         "status": "unchecked",
         "model": base["model"],
-        "pipeline": deployed_pipeline(ctx),
+        "pipeline": ctx.pipeline,
         "shapes": base["shapes"],
         "components": components,
         "tokenizers": base["tokenizers"],
@@ -124,13 +124,3 @@ def package(
         manifest["engines_status"] = status
     write_manifest(stage, manifest)
     return Deployable(stage, manifest)
-
-
-def deployed_pipeline(ctx) -> dict:
-    """The export's pipeline defaults with the build's steps and guidance: the schedule calibrated for."""
-    p = dict(ctx.export.manifest["pipeline"])
-    if ctx.plan.steps:
-        p["steps"] = ctx.plan.steps
-    if ctx.plan.guidance is not None:
-        p["guidance"] = ctx.plan.guidance
-    return p
