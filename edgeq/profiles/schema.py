@@ -63,10 +63,23 @@ class FamilyChoice:
 
     float_op_types: tuple[str, ...] = setting((), "op types of op_types left float on this family")
     float_reason: str = setting("", "why, as measured (printed in the quant plan beside each node)")
+    activation_type: str | None = setting(None, "activation integer type on this family (unset: the component's)", choices=TYPES)
+    activation_symmetric: bool | None = setting(None, "activation zero point 0 on this family (unset: the component's)")
+    activation_matmul: str | None = setting(
+        None, "MatMul of two activations on this family (unset: the component's)", choices=("float", "int8")
+    )
+    flavour_reason: str = setting("", "why this family's activation flavour differs, as measured")
+
+    def flavour(self) -> dict[str, Any]:
+        """The activation settings this family changes."""
+        names = ("activation_type", "activation_symmetric", "activation_matmul")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def check(self) -> str | None:
         if self.float_op_types and not self.float_reason.strip():
             return "float_op_types needs a float_reason (why those op types stay float, as measured)"
+        if self.flavour() and not self.flavour_reason.strip():
+            return f"{', '.join(self.flavour())} need a flavour_reason (why this family differs, as measured)"
         return None
 
 
@@ -114,6 +127,7 @@ class ComponentPolicy:
         (), "op types of op_types left float (every such node is in the quant plan with float_reason)"
     )
     float_reason: str = setting("", "why float_op_types stay float")
+    flavour_reason: str = setting("", "why this activation flavour, as measured (a by_family entry sets it)")
     by_family: dict[str, FamilyChoice] = field(
         default_factory=dict,
         metadata={"help": "per CPU family (x86-vnni, x86-novnni, ...): float_op_types / float_reason used there"},
@@ -134,11 +148,18 @@ class ComponentPolicy:
         return None
 
     def for_family(self, family: str | None) -> ComponentPolicy:
-        """The policy a build for ``family`` uses: its ``by_family`` entry replaces float_op_types."""
+        """The policy a build for ``family`` uses: its ``by_family`` entry replaces float_op_types, and
+        the activation settings it names (with its flavour_reason)."""
         choice = self.by_family.get(family or "")
         if choice is None:
             return self
-        return replace(self, float_op_types=choice.float_op_types, float_reason=f"{family}: {choice.float_reason}")
+        return replace(
+            self,
+            float_op_types=choice.float_op_types,
+            float_reason=f"{family}: {choice.float_reason}",
+            **choice.flavour(),
+            **({"flavour_reason": f"{family}: {choice.flavour_reason}"} if choice.flavour() else {}),
+        )
 
     def per_channel_types(self) -> tuple[str, ...]:
         return self.per_channel_op_types or self.op_types
