@@ -162,6 +162,16 @@ def test_component_policy_rules():
         ({"mode": "int8", "by_family": {"x86-avx": {}}}, "by_family names ['x86-avx'], not CPU families", None),
         ({"mode": "int8", "by_family": {"host": {}}}, "by_family names ['host']", None),
         ({"mode": "int8", "by_family": {"arm": {"float_ops": []}}}, "float_ops: unknown key", "float_op_types"),
+        (
+            {"mode": "int8", "by_family": {"x86-vnni": {"activation_symmetric": True}}},
+            "[unet] by_family.x86-vnni: activation_symmetric need a flavour_reason",
+            None,
+        ),
+        (
+            {"mode": "int8", "by_family": {"x86-vnni": {"activation_type": "int4", "flavour_reason": "x"}}},
+            "activation_type",
+            "uint8, int8, uint16, int16",
+        ),
     ]
     for raw, message, hint in cases:
         with pytest.raises(EdgeqError) as e:
@@ -190,6 +200,13 @@ def test_by_family_float_op_types_reach_the_decisions(tiny_exports):
         assert by_node[d.node].reason.startswith("x86-novnni: OpenVINO's int8 FullyConnected without VNNI")
     convs = [d.quantized for d in vnni if d.op_type == "Conv"]
     assert convs == [d.quantized for d in novnni if d.op_type == "Conv"]  # the convolutions do not change
+    # the VNNI entry's activation flavour: symmetric int8, attention MatMuls int8 with the measured reason
+    pv, pn = for_family(base, 8, "x86-vnni").policy("unet"), novnni_profile.policy("unet")
+    assert (pv.activation_type, pv.activation_symmetric, pv.activation_matmul) == ("int8", True, "int8")
+    assert (pn.activation_type, pn.activation_symmetric, pn.activation_matmul) == ("uint8", False, "float")
+    attn = [d for d in vnni if d.reason.startswith("MatMul of two activations")]
+    assert attn and all(d.quantized and "x86-vnni: symmetric int8 lets OpenVINO" in d.reason for d in attn)
+    assert not any(by_node[d.node].quantized for d in attn)
 
 
 def test_target_options_schemas():

@@ -87,6 +87,8 @@ def has_bf16() -> bool:
     from edgeq.runtime.cpu import detect
 
     return bool({"avx512_bf16", "amx_bf16"} & set(detect().flags))
+
+
 FLOAT_BASE = {"ONNX Runtime": "ort_fp32", "OpenVINO": "ov_f32"}
 QUANT_WORK = {
     "ort_quantize_static": WORK / "ort-quantize-static",
@@ -619,7 +621,9 @@ def deployed_hint(speed: dict, quality: dict) -> tuple[str, str]:
     gain = speed["edgeq_openvino"]["median_s"] / speed["edgeq_openvino_bf16"]["median_s"]
     loss = quality["edgeq_openvino"]["sqnr_worst_db"] - quality["edgeq_openvino_bf16"]["sqnr_worst_db"]
     ok = gain >= MIN_SPEEDUP and loss <= MAX_LOSS_DB
-    why = f"bf16 {gain:.2f}x the f32 hint (needs {MIN_SPEEDUP}x), worst group {loss:+.2f} dB lost (at most {MAX_LOSS_DB})"
+    why = (
+        f"bf16 {gain:.2f}x the f32 hint (needs {MIN_SPEEDUP}x), worst group {loss:+.2f} dB lost (at most {MAX_LOSS_DB})"
+    )
     return ("bf16" if ok else "f32"), why
 
 

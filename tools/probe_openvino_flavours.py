@@ -160,7 +160,9 @@ def openvino_in_child(model: Path, calls_npz: Path, cap: str | None) -> tuple[di
         cmd = [sys.executable, "-c", code % str(Path(__file__).parent), str(model), str(calls_npz), out]
         rc = subprocess.run(cmd, env=env).returncode
         if rc != 0:  # a capped oneDNN can crash OpenVINO (AVX2 on AVX-512 CPUs): recorded, not fatal
-            return None, {"error": f"OpenVINO's process died (exit {rc}{' ' + signal.Signals(-rc).name if rc < 0 else ''})"}
+            return None, {
+                "error": f"OpenVINO's process died (exit {rc}{' ' + signal.Signals(-rc).name if rc < 0 else ''})"
+            }
         with np.load(out) as z:
             got = {k: z[k] for k in z.files}
         return got, json.loads(Path(out + ".json").read_text())

@@ -41,6 +41,12 @@ FLAVOURS = {  # name: UNet policy settings changed from the openvino profile's
     "s8-sym": {"activation_type": "int8", "activation_symmetric": True},
     "u8-asym+attn": {"activation_matmul": "int8"},
     "s8-sym+attn": {"activation_type": "int8", "activation_symmetric": True, "activation_matmul": "int8"},
+    "s8-sym+attn, inputs only": {  # NNCF's placement: no Q/DQ on the quantized ops' outputs
+        "activation_type": "int8",
+        "activation_symmetric": True,
+        "activation_matmul": "int8",
+        "output_quantization": False,
+    },
 }
 
 
@@ -61,7 +67,7 @@ def quantized(fp32: Path, name: str, n_calib: int, log) -> Path:
     from edgeq.stages.qdq import quantize_component
     from edgeq.stages.ranges import base_method, choose_ranges
 
-    dst = WORK / f"probe-{name}" / "model.onnx"
+    dst = WORK / f"probe-{name.replace(', ', '-').replace(' ', '-')}" / "model.onnx"
     if dst.is_file():
         return dst
     graph = onnx.load(str(fp32), load_external_data=False).graph
@@ -117,7 +123,7 @@ def _time_child(models_json: str, out: str, repeats: str, warmup: str) -> None:
         cm = core.compile_model(core.read_model(path), "CPU", cfg)
         req = cm.create_infer_request()
         load_s = time.time() - t0
-        r = timed(lambda f: req.infer(f), x, int(repeats), int(warmup))
+        r = timed(req.infer, x, int(repeats), int(warmup))
         r["load_s"] = round(load_s, 1)
         r["layers"] = profile_layers(req)
         results[key] = r
@@ -175,8 +181,12 @@ def main() -> None:
     stem.with_suffix(".md").write_text(text)
     write_json(
         stem.with_suffix(".json"),
-        {"cpu": {"family": cpu.family, "flags": list(cpu.flags)}, "versions": library_versions(),
-         "flavours": {k: FLAVOURS[k] for k in args.flavours}, "results": res},
+        {
+            "cpu": {"family": cpu.family, "flags": list(cpu.flags)},
+            "versions": library_versions(),
+            "flavours": {k: FLAVOURS[k] for k in args.flavours},
+            "results": res,
+        },
     )
     print(text)
 

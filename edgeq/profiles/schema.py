@@ -63,7 +63,9 @@ class FamilyChoice:
 
     float_op_types: tuple[str, ...] = setting((), "op types of op_types left float on this family")
     float_reason: str = setting("", "why, as measured (printed in the quant plan beside each node)")
-    activation_type: str | None = setting(None, "activation integer type on this family (unset: the component's)", choices=TYPES)
+    activation_type: str | None = setting(
+        None, "activation integer type on this family (unset: the component's)", choices=TYPES
+    )
     activation_symmetric: bool | None = setting(None, "activation zero point 0 on this family (unset: the component's)")
     activation_matmul: str | None = setting(
         None, "MatMul of two activations on this family (unset: the component's)", choices=("float", "int8")

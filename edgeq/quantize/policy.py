@@ -65,7 +65,11 @@ def decide(graph: onnx.GraphProto, policy: ComponentPolicy) -> list[Decision]:
                 )
                 continue
             why = "MatMul of two activations (attention scores or values): activation_matmul = int8"
-            out.append(Decision(n.name, n.op_type, True, why + (f" ({policy.flavour_reason})" if policy.flavour_reason else "")))
+            out.append(
+                Decision(
+                    n.name, n.op_type, True, why + (f" ({policy.flavour_reason})" if policy.flavour_reason else "")
+                )
+            )
             continue
         elif weight not in const:
             out.append(Decision(n.name, n.op_type, False, "weight is not a constant"))
