@@ -4,8 +4,9 @@
 Methods (``METHODS``): ONNX Runtime FP32 (full graph optimisation), ONNX Runtime ``quantize_static``
 with its defaults (QDQ, S8S8, MinMax, every op type), edgeq ``ort-cpu``, OpenVINO FP32 with an
 explicit f32 hint and with OpenVINO's default hint (bf16 on CPUs that have it), NNCF INT8
-(``nncf.quantize`` on the OpenVINO model, ``model_type=TRANSFORMER``) run with the f32 hint, and
-edgeq ``openvino`` (f32 hint for what stays float).
+(``nncf.quantize`` on the OpenVINO model, ``model_type=TRANSFORMER``) and edgeq ``openvino``, each
+run with the f32 hint and, where the CPU has bf16, with bf16 (OpenVINO's default there). The goals
+take edgeq at the hint its ``auto`` rule would deploy and NNCF at the same hint (``deployed_hint``).
 
 Speed: the SD1.5-shaped UNet (SD1.5 config, random weights, batch 1, 64x64 latents, 77x768 text),
 exported and quantized by edgeq with ``tools/bench_sd15_unet.py``'s functions (cached under
