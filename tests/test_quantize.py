@@ -107,3 +107,48 @@ def test_weights_are_int8_per_channel(unet):
     zps = [numpy_helper.to_array(inits[n.input[2]]) for n in conv_w if len(n.input) > 2 and n.input[2] in inits]
     assert all((z == 0).all() for z in zps)  # symmetric weights
     assert any(numpy_helper.to_array(inits[n.input[1]]).size > 1 for n in conv_w)  # per channel
+
+
+def test_vnni_openvino_flavour_and_float_attention_probs(tiny_exports):
+    """openvino's x86-vnni flavour: attention MatMuls int8 with symmetric int8 zero points; with
+    attention_probs = "float" the A.V MatMul reads the Softmax output itself (no Q/DQ, no scale left)
+    while Q, K and V keep theirs, and the graph still runs."""
+    from dataclasses import replace
+
+    import onnxruntime as ort
+
+    path = tiny_exports["sd15"] / "unet" / "model.onnx"
+    policy = load_profile("openvino").policy("unet").for_family("x86-vnni")
+    graph = onnx.load(str(path)).graph
+    decisions = decide(graph, policy)
+    tensors = tensors_to_calibrate(graph, decisions, policy)
+    ranges = {t: (-1.0, 1.0) for t in tensors}
+    attn = {d.node for d in decisions if d.quantized and d.reason.startswith("MatMul of two activations")}
+    assert attn
+    models = {p: quantize_graph(path, decisions, replace(policy, attention_probs=p), ranges) for p in ("int8", "float")}
+    for probs, model in models.items():
+        prod = {o: n for n in model.graph.node for o in n.output}
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        zps = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+        assert zps and all(z.dtype == np.int8 and (z == 0).all() for z in zps)  # symmetric int8 activations
+        softmax_in, qdq_in = 0, 0
+        for n in model.graph.node:
+            if n.name not in attn:
+                continue
+            srcs = [prod.get(i) for i in n.input]
+            qdq_in += sum(s is not None and s.op_type == "DequantizeLinear" for s in srcs)
+            softmax_in += sum(s is not None and s.op_type == "Softmax" for s in srcs)
+        if probs == "int8":
+            assert softmax_in == 0 and qdq_in == 2 * len(attn)
+        else:
+            assert softmax_in == len(attn) // 2 and qdq_in == 2 * len(attn) - softmax_in
+            assert not any("Softmax" in name and name.endswith("_scale") for name in inits)
+    feeds = {
+        "sample": np.zeros((2, 4, 8, 8), np.float32),
+        "timestep": np.array(500.0, np.float32),
+        "encoder_hidden_states": np.zeros((2, 77, 32), np.float32),
+    }
+    sess = ort.InferenceSession(models["float"].SerializeToString(), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in sess.get_inputs()}
+    feeds = {k: v for k, v in feeds.items() if k in inputs}
+    assert np.isfinite(sess.run(None, feeds)[0]).all()

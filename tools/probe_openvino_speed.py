@@ -41,6 +41,12 @@ FLAVOURS = {  # name: UNet policy settings changed from the openvino profile's
     "s8-sym": {"activation_type": "int8", "activation_symmetric": True},
     "u8-asym+attn": {"activation_matmul": "int8"},
     "s8-sym+attn": {"activation_type": "int8", "activation_symmetric": True, "activation_matmul": "int8"},
+    "s8-sym+attn, probs float": {  # the softmax output into A.V float: Q/DQ on Q, K, V (NNCF's placement)
+        "activation_type": "int8",
+        "activation_symmetric": True,
+        "activation_matmul": "int8",
+        "attention_probs": "float",
+    },
     "s8-sym+attn, inputs only": {  # NNCF's placement: no Q/DQ on the quantized ops' outputs
         "activation_type": "int8",
         "activation_symmetric": True,

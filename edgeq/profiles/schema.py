@@ -70,11 +70,14 @@ class FamilyChoice:
     activation_matmul: str | None = setting(
         None, "MatMul of two activations on this family (unset: the component's)", choices=("float", "int8")
     )
+    attention_probs: str | None = setting(
+        None, "the softmax output into int8 A.V on this family (unset: the component's)", choices=("int8", "float")
+    )
     flavour_reason: str = setting("", "why this family's activation flavour differs, as measured")
 
     def flavour(self) -> dict[str, Any]:
         """The activation settings this family changes."""
-        names = ("activation_type", "activation_symmetric", "activation_matmul")
+        names = ("activation_type", "activation_symmetric", "activation_matmul", "attention_probs")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def check(self) -> str | None:
@@ -110,6 +113,11 @@ class ComponentPolicy:
     range_method: str = setting("mse", "activation range selection", choices=_range_choices)
     activation_matmul: str = setting(
         "float", "MatMul of two activations (attention Q.K^T, A.V)", choices=("float", "int8")
+    )
+    attention_probs: str = setting(
+        "int8",
+        "the softmax output an int8 A.V MatMul reads: int8 (Q/DQ) or float (Q/DQ on Q, K and V only, NNCF's placement)",
+        choices=("int8", "float"),
     )
     output_quantization: bool = setting(True, "Q/DQ on quantized ops' outputs too (TensorRT: inputs only)")
     weight_qdq_pair: bool = setting(False, "float weights behind a Q/DQ pair instead of int8 weights + DQ")

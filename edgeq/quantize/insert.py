@@ -73,6 +73,8 @@ def quantize_graph(
     out = q.model.model
     quantized = {d.node for d in decisions if d.quantized}
     _float_consumers_read_float(out, quantized, policy.output_quantization)
+    if policy.attention_probs == "float":
+        _float_attention_probs(out, quantized)
     out.producer_name = "edgeq"
     return out
 
@@ -115,6 +117,42 @@ def _float_consumers_read_float(model: onnx.ModelProto, quantized: set[str], out
             if name in float_of:
                 n.input[i] = float_of[name]
                 rewired += 1
+    return rewired
+
+
+def _float_attention_probs(model: onnx.ModelProto, quantized: set[str]) -> int:
+    """Quantized MatMuls that read a Softmax output (attention probabilities times V) read it float:
+    its Q/DQ pair, scale and zero point go. Q, K and V keep theirs (NNCF's placement; OpenVINO still
+    runs the attention block as one int8 subgraph). Returns how many MatMul inputs were rewired."""
+    prod = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    gone: set[str] = set()
+    params: set[str] = set()
+    rewired = 0
+    for n in model.graph.node:
+        if n.op_type != "MatMul" or n.name not in quantized:
+            continue
+        dq = prod.get(n.input[0])
+        q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or prod.get(q.input[0], n).op_type != "Softmax":
+            continue
+        n.input[0] = q.input[0]
+        rewired += 1
+        if all(r is n for r in readers[dq.output[0]]):
+            gone.add(dq.name)
+            if all(r is dq for r in readers[q.output[0]]):
+                gone.add(q.name)
+                params.update(q.input[1:])
+    keep = [n for n in model.graph.node if n.name not in gone]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    used = {i for n in model.graph.node for i in n.input}
+    inits = [i for i in model.graph.initializer if i.name not in params or i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
     return rewired
 
 
