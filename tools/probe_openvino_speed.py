@@ -21,7 +21,6 @@ Writes ``benchmarks/openvino_speed_<cpu family>.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import subprocess
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_sd15_unet import WORK, RandomCalls, export_fp32, feeds, host_family, timed  # noqa: E402
+from profile_openvino_unet import layer_times  # noqa: E402
 
 FLAVOURS = {  # name: UNet policy settings changed from the openvino profile's
     "u8-asym": {},
@@ -104,16 +104,6 @@ def quantized(fp32: Path, name: str, n_calib: int, log) -> Path:
     return dst
 
 
-def profile_layers(req) -> dict[str, list]:
-    secs: collections.Counter[str] = collections.Counter()
-    count: collections.Counter[str] = collections.Counter()
-    for p in req.profiling_info:
-        key = f"{p.node_type}:{p.exec_type.split('_')[-1] if p.exec_type else ''}"
-        secs[key] += p.real_time.total_seconds()
-        count[key] += 1
-    return {k: [round(v, 4), count[k]] for k, v in secs.most_common()}
-
-
 def _time_child(models_json: str, out: str, repeats: str, warmup: str) -> None:
     """Child process: every (model, hint) compiled and timed, one at a time, same inputs."""
     import gc
@@ -131,7 +121,7 @@ def _time_child(models_json: str, out: str, repeats: str, warmup: str) -> None:
         load_s = time.time() - t0
         r = timed(req.infer, x, int(repeats), int(warmup))
         r["load_s"] = round(load_s, 1)
-        r["layers"] = profile_layers(req)
+        r["layers"] = layer_times(req)
         results[key] = r
         print(key, f"{r['median_s']:.3f} s", flush=True)
         del req, cm

@@ -28,15 +28,23 @@ def profile(path: Path, top: int) -> str:
     x = feeds(123, 500.0)
     req.infer(x)  # warm-up
     req.infer(x)
+    layers = layer_times(req)
+    total = sum(v[0] for v in layers.values())
+    lines = [f"== {path}: {total:.3f} s in layers", "| layer:precision | s | layers |", "|---|---|---|"]
+    lines += [f"| {k} | {v[0]:.3f} | {v[1]} |" for k, v in list(layers.items())[:top]]
+    return "\n".join(lines) + "\n"
+
+
+def layer_times(req) -> dict[str, list]:
+    """The last call's per-layer profile summed by layer type and execution precision: seconds and
+    layer count, slowest first (the compiled model needs PERF_COUNT)."""
     secs: collections.Counter[str] = collections.Counter()
     count: collections.Counter[str] = collections.Counter()
     for p in req.profiling_info:
         key = f"{p.node_type}:{p.exec_type.split('_')[-1] if p.exec_type else ''}"
         secs[key] += p.real_time.total_seconds()
         count[key] += 1
-    lines = [f"== {path}: {sum(secs.values()):.3f} s in layers", "| layer:precision | s | layers |", "|---|---|---|"]
-    lines += [f"| {k} | {v:.3f} | {count[k]} |" for k, v in secs.most_common(top)]
-    return "\n".join(lines) + "\n"
+    return {k: [round(v, 4), count[k]] for k, v in secs.most_common()}
 
 
 def main() -> None:
