@@ -107,3 +107,43 @@ def test_lockstep_generation_makes_the_same_images(tiny_exports):
     many = pipe.generate_many(opts)
     for o, img in zip(opts, many):
         assert np.array_equal(img, pipe.generate(o))
+
+
+def test_large_graphs_run_without_the_arena_and_compute_the_same(tiny_exports, monkeypatch, tmp_path):
+    """Over the weight limit a session runs without ONNX Runtime's memory arena, with equal outputs."""
+    from edgeq.runtime import sessions
+
+    (tmp_path / "model.g0.onnx").write_bytes(b"x" * 10)  # a group graph and the data file it shares
+    (tmp_path / "model.onnx_data").write_bytes(b"x" * 1000)
+    assert sessions.weight_bytes(tmp_path / "model.g0.onnx") == 1010
+    path = tiny_exports["sd15"] / "unet" / "model.onnx"
+    feeds = {
+        "sample": np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32),
+        "timestep": np.array(500.0, np.float32),
+        "encoder_hidden_states": np.random.default_rng(1).standard_normal((2, 77, 32)).astype(np.float32),
+    }
+    small = sessions.OrtRunner(path)
+    monkeypatch.setattr(sessions, "ARENA_MAX_WEIGHT_BYTES", 0)
+    large = sessions.OrtRunner(path)
+    assert small.arena and not large.arena
+    a, b = small.run(feeds), large.run(feeds)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_isolated_steps_run_in_a_child_and_keep_their_errors():
+    """run_isolated: the value comes back from another process; an EdgeqError keeps its message and
+    hint; a crash is an error naming the step."""
+    import os
+
+    import pytest
+
+    from edgeq.errors import EdgeqError
+    from edgeq.isolate import run_isolated
+    from edgeq.profiles import load_profile
+
+    assert run_isolated("pid", os.getpid) != os.getpid()
+    with pytest.raises(EdgeqError) as e:
+        run_isolated("a profile", load_profile, "no-such-target")
+    assert "no-such-target" in e.value.message and e.value.hint
+    with pytest.raises(RuntimeError, match="the crash failed in a child process"):
+        run_isolated("the crash", os._exit, 3)

@@ -8,8 +8,6 @@ keep one histogram per tensor and step (:mod:`edgeq.calibrate.collect`); the res
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -171,22 +169,16 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentStats
     return out
 
 
-def _collect_child(
-    path: Path, tensors: list[str], cap: Capture, name: str, out: Path, err: Path, limit: int | None
-) -> None:
+def _collect_to_file(path: Path, tensors: list[str], cap: Capture, name: str, out: Path, limit: int | None) -> None:
     """Child process body of :func:`collect_isolated`."""
-    try:
-        if name == "unet":
-            samples = ((s.step, s.feeds) for s in cap.unet_samples(limit))
-            total = len(cap) if limit is None else limit
-            stats = collect(path, tensors, samples, list(cap.timesteps), total, desc="statistics unet")
-        else:
-            samples = ((0, {"latent_sample": z}) for z in cap.vae_inputs())
-            stats = collect(path, tensors, samples, [0.0], len(cap.settings.prompts), desc=f"statistics {name}")
-        stats.save(out)
-    except EdgeqError as e:
-        err.write_text(json.dumps({"message": e.message, "hint": e.hint}))
-        raise SystemExit(2) from None
+    if name == "unet":
+        samples = ((s.step, s.feeds) for s in cap.unet_samples(limit))
+        total = len(cap) if limit is None else limit
+        stats = collect(path, tensors, samples, list(cap.timesteps), total, desc="statistics unet")
+    else:
+        samples = ((0, {"latent_sample": z}) for z in cap.vae_inputs())
+        stats = collect(path, tensors, samples, [0.0], len(cap.settings.prompts), desc=f"statistics {name}")
+    stats.save(out)
 
 
 def collect_stats(
@@ -210,23 +202,9 @@ def collect_isolated(
     Q/DQ insertion (4.2 GB alone) stacked on it: 8.5 GB. A child returns it to the system, so a build's
     peak is the larger of the two stages, not their sum.
     """
-    import multiprocessing
-    import tempfile
+    from edgeq.isolate import run_isolated
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, err_name = tempfile.mkstemp(prefix=".stats-err-", suffix=".json", dir=out.parent)
-    os.close(fd)
-    err = Path(err_name)
-    try:
-        proc = multiprocessing.get_context("spawn").Process(
-            target=_collect_child, args=(path, tensors, cap, name, out, err, limit)
-        )
-        proc.start()
-        proc.join()
-        if err.stat().st_size:
-            e = json.loads(err.read_text())
-            raise EdgeqError(e["message"], e["hint"])
-        if proc.exitcode != 0 or not out.is_file():
-            raise RuntimeError(f"statistics of {name} failed in the child process (exit {proc.exitcode}); see above")
-    finally:
-        err.unlink(missing_ok=True)
+    run_isolated(f"statistics of {name}", _collect_to_file, path, tensors, cap, name, out, limit)
+    if not out.is_file():
+        raise RuntimeError(f"statistics of {name}: the child process wrote no {out}")

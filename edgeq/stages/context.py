@@ -108,7 +108,7 @@ def for_family(profile, bits: int, family: str | None):
 
 def prepare(opts: BuildOptions, log=print, cluster=None) -> Context:
     """Resolve the plan (profile first), then export (or reuse) the FP32 build."""
-    from edgeq.frontend.export import ExportSettings, export
+    from edgeq.frontend.export import ExportSettings, export_isolated
 
     profile, source, plan = resolve(opts)
     profile = for_family(profile, plan.weight_bits, plan.cpu_family)
@@ -124,7 +124,7 @@ def prepare(opts: BuildOptions, log=print, cluster=None) -> Context:
     settings = ExportSettings(opset=ex.opset, static=ex.static, batch=batch, height=ex.height, width=ex.width)
     folder = "fp32" + ("-static" if ex.static else "") + (f"-opset{ex.opset}" if ex.opset != 17 else "")
     with stages.timed("export_s"):
-        res = export(source, stages.root / folder, settings, log=log)
+        res = export_isolated(source, stages.root / folder, settings, log=log)
     from edgeq.manifest import read_manifest
 
     return Context(opts, plan, source, profile, Export(res.folder, read_manifest(res.folder)), stages, cluster)

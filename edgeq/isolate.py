@@ -1,0 +1,48 @@
+"""Run a memory-heavy step in a child process, so the memory it touched goes back to the system.
+
+glibc and the runtimes (torch, ONNX Runtime) keep much of what a large step allocated after it
+returns. A spawned child gives it all back when it exits, so a build's peak is its largest stage,
+not the sum of its stages. The child's EdgeqError reaches the caller as the same EdgeqError; its
+return value comes back pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgeq.errors import EdgeqError
+
+
+def _child(fn: Callable, args: tuple, kwargs: dict, result: str, err: str) -> None:
+    try:
+        value = fn(*args, **kwargs)
+    except EdgeqError as e:
+        Path(err).write_text(json.dumps({"message": e.message, "hint": e.hint}))
+        raise SystemExit(2) from None
+    with open(result, "wb") as f:
+        pickle.dump(value, f)
+
+
+def run_isolated(what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a spawned child process (``fn`` importable by name); ``what`` names
+    the step in the error raised when the child dies."""
+    import multiprocessing
+
+    with tempfile.TemporaryDirectory(prefix="edgeq-isolated-") as tmp:
+        result, err = os.path.join(tmp, "result.pkl"), os.path.join(tmp, "error.json")
+        proc = multiprocessing.get_context("spawn").Process(target=_child, args=(fn, args, kwargs, result, err))
+        proc.start()
+        proc.join()
+        if os.path.exists(err):
+            e = json.loads(Path(err).read_text())
+            raise EdgeqError(e["message"], e["hint"])
+        if proc.exitcode != 0 or not os.path.exists(result):
+            raise RuntimeError(f"{what} failed in a child process (exit code {proc.exitcode}); its output is above")
+        with open(result, "rb") as f:
+            return pickle.load(f)
