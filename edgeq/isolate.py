@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,15 @@ def run_isolated(what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         if os.path.exists(err):
             e = json.loads(Path(err).read_text())
             raise EdgeqError(e["message"], e["hint"])
+        if proc.exitcode is not None and proc.exitcode < 0:
+            sig = signal.Signals(-proc.exitcode).name
+            raise EdgeqError(
+                f"{what} was killed ({sig}) in its child process",
+                "SIGKILL is usually the kernel's out-of-memory killer: free memory, or lower the settings "
+                "the build estimate names (fewer calls, a smaller resolution)"
+                if sig == "SIGKILL"
+                else "see the output above",
+            )
         if proc.exitcode != 0 or not os.path.exists(result):
             raise RuntimeError(f"{what} failed in a child process (exit code {proc.exitcode}); its output is above")
         with open(result, "rb") as f:

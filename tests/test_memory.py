@@ -134,6 +134,7 @@ def test_isolated_steps_run_in_a_child_and_keep_their_errors():
     """run_isolated: the value comes back from another process; an EdgeqError keeps its message and
     hint; a crash is an error naming the step."""
     import os
+    import signal
 
     import pytest
 
@@ -147,3 +148,7 @@ def test_isolated_steps_run_in_a_child_and_keep_their_errors():
     assert "no-such-target" in e.value.message and e.value.hint
     with pytest.raises(RuntimeError, match="the crash failed in a child process"):
         run_isolated("the crash", os._exit, 3)
+    with pytest.raises(EdgeqError) as e:  # what the out-of-memory killer does to a child
+        run_isolated("the statistics", signal.raise_signal, 9)
+    assert e.value.message == "the statistics was killed (SIGKILL) in its child process"
+    assert "out-of-memory" in e.value.hint

@@ -544,3 +544,26 @@ def test_cpu_family_resolves_to_weight_bits():
         assert plan["weight_bits_reason"]
     plan = print_config(BuildOptions("tiny-sd", target="tensorrt"))["plan"]
     assert plan["cpu_family"] is None and plan["weight_bits"] == 8
+
+
+def test_a_flavour_a_base_family_entry_would_replace_is_refused(tmp_path):
+    """Setting [unet] activation_type over openvino, whose x86-vnni entry sets it too, would be
+    silently undone on VNNI builds: refused with the fix; done the way the fix says, it applies."""
+    from edgeq.stages.context import for_family
+
+    prof = tmp_path / "ov-u8.toml"
+    prof.write_text('extends = "openvino"\n[unet]\nactivation_type = "uint8"\nactivation_symmetric = false\n')
+    with pytest.raises(EdgeqError) as e:
+        load_profile(prof)
+    assert "[unet] activation_type, activation_symmetric: [unet.by_family.x86-vnni]" in e.value.message
+    assert "openvino.toml" in e.value.message and "[unet.by_family.x86-vnni] as well" in e.value.hint
+    prof.write_text(
+        prof.read_text() + '[unet.by_family.x86-vnni]\nactivation_type = "uint8"\nactivation_symmetric = false\n'
+        'activation_matmul = "float"\nflavour_reason = "accuracy first"\n'
+    )
+    vnni = for_family(load_profile(prof), 8, "x86-vnni").policy("unet")
+    assert (vnni.activation_type, vnni.activation_symmetric, vnni.activation_matmul) == ("uint8", False, "float")
+    assert vnni.flavour_reason == "x86-vnni: accuracy first"
+    # the same value as the family entry's is no conflict
+    prof.write_text('extends = "openvino"\n[unet]\nactivation_matmul = "int8"\n')
+    assert load_profile(prof).policy("unet").activation_matmul == "int8"

@@ -441,7 +441,6 @@ def stage_quality(args: dict) -> dict:
     from edgeq.stages.config import BuildOptions
     from edgeq.stages.context import prepare
     from edgeq.stages.qdq import quantize_unet
-    from edgeq.targets import get_target
     from edgeq.targets.openvino import OpenVinoRunner
     from edgeq.verify.adherence import adherence
 
@@ -466,15 +465,15 @@ def stage_quality(args: dict) -> dict:
     quantizers["edgeq_openvino"] = {"seconds_with_cache": round(time.time() - t0, 1), "timings": dict(ctx_ov.timings)}
     qs_path, quantizers["ort_quantize_static"] = quantize_static_tiny(fp32_path, cal_cap, ctx.cache)
     nncf_path, quantizers["nncf_int8"] = nncf_tiny(fp32_path, cal_cap, ctx.cache)
-    ov_groups = [g.to_dict() for g in v_ov.groups]
-    ov = get_target(ctx_ov.profile)
     rows = {
         "ort_quantize_static": lambda: OrtRunner(qs_path),
         "edgeq_ort_cpu": lambda: OrtRunner(v_ort.shared_dir / "model.onnx"),
         "ov_default": lambda: _OvDefaultRunner(fp32_path),
         "nncf_int8": lambda: OpenVinoRunner(nncf_path, inference_precision="f32", cache=False),
         "nncf_int8_default": lambda: _OvDefaultRunner(nncf_path),
-        "edgeq_openvino": lambda: ov.unet_runner(ctx_ov, [(v_ov.shared_dir / "model.onnx", ov_groups[0])]),
+        "edgeq_openvino": lambda: OpenVinoRunner(
+            v_ov.shared_dir / "model.onnx", inference_precision="f32", cache=False
+        ),
         "edgeq_openvino_bf16": lambda: OpenVinoRunner(
             v_ov.shared_dir / "model.onnx", inference_precision="bf16", cache=False
         ),
@@ -494,9 +493,8 @@ def stage_quality(args: dict) -> dict:
         results[name] = unet_quality(fpipe, fp32, runner, held_cap, groups, ref, name)
         if isinstance(runner, _OvDefaultRunner):
             results[name]["precision_hint"] = runner.hint
-        elif name == "edgeq_openvino":  # the build's own choice (auto: measured on tiny-sd's UNet)
-            results[name]["precision_hint"] = ov._precision["chosen"] if ov._precision else "f32"
-            results[name]["precision_choice"] = ov._precision
+        elif name.startswith("edgeq_openvino"):
+            results[name]["precision_hint"] = runner.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         print(name, results[name], flush=True)
         del runner
         gc.collect()

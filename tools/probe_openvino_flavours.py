@@ -63,6 +63,10 @@ def profile_for(act_type: str, symmetric: bool, folder: Path) -> Path:
         f'name = "{name}"\ndescription = "probe: {act_type} activations into Conv"\nextends = "openvino"\n'
         f'[unet]\nop_types = ["Conv"]\nactivation_type = "{act_type}"\n'
         f"activation_symmetric = {str(symmetric).lower()}\n"
+        # the same flavour on x86-vnni, whose by_family entry in openvino.toml would replace it
+        f'[unet.by_family.x86-vnni]\nactivation_type = "{act_type}"\n'
+        f'activation_symmetric = {str(symmetric).lower()}\nactivation_matmul = "float"\n'
+        'flavour_reason = "probe: the flavour under test on every family"\n'
     )
     return path
 

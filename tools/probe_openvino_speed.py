@@ -37,9 +37,9 @@ from bench_sd15_unet import WORK, RandomCalls, export_fp32, feeds, host_family, 
 from profile_openvino_unet import layer_times  # noqa: E402
 
 FLAVOURS = {  # name: UNet policy settings changed from the openvino profile's
-    "u8-asym": {},
-    "s8-sym": {"activation_type": "int8", "activation_symmetric": True},
-    "u8-asym+attn": {"activation_matmul": "int8"},
+    "u8-asym": {"activation_type": "uint8", "activation_symmetric": False, "activation_matmul": "float"},
+    "s8-sym": {"activation_type": "int8", "activation_symmetric": True, "activation_matmul": "float"},
+    "u8-asym+attn": {"activation_type": "uint8", "activation_symmetric": False, "activation_matmul": "int8"},
     "s8-sym+attn": {"activation_type": "int8", "activation_symmetric": True, "activation_matmul": "int8"},
     "s8-sym+attn, probs float": {  # the softmax output into A.V float: Q/DQ on Q, K, V (NNCF's placement)
         "activation_type": "int8",
@@ -64,17 +64,24 @@ def policy_of(settings: dict):
 
 def quantized(fp32: Path, name: str, n_calib: int, log) -> Path:
     """The flavour's Q/DQ graph (cached), from the statistics every flavour shares."""
+    import hashlib
+    from dataclasses import asdict
+
     import onnx
 
     from edgeq.calibrate.collect import Stats
     from edgeq.calibrate.grouping import uniform
+    from edgeq.quantize.insert import QDQ_VERSION
     from edgeq.quantize.policy import decide, tensors_to_calibrate
     from edgeq.stages.calibration import ComponentStats, collect_isolated
     from edgeq.stages.qdq import quantize_component
     from edgeq.stages.ranges import base_method, choose_ranges
 
+    policy = policy_of(FLAVOURS[name])
+    key = hashlib.sha256(json.dumps([QDQ_VERSION, n_calib, asdict(policy)], sort_keys=True, default=str).encode())
     dst = WORK / f"probe-{name.replace(', ', '-').replace(' ', '-')}" / "model.onnx"
-    if dst.is_file():
+    stamp = dst.parent / "policy.sha256"
+    if dst.is_file() and stamp.is_file() and stamp.read_text() == key.hexdigest():
         return dst
     graph = onnx.load(str(fp32), load_external_data=False).graph
     every: list[str] = []
@@ -87,7 +94,6 @@ def quantized(fp32: Path, name: str, n_calib: int, log) -> Path:
         log(f"statistics of {len(every)} tensors on {n_calib} random calls")
         collect_isolated(fp32, every, RandomCalls.spread(n_calib), "unet", stats_path)
         stats = Stats.load(stats_path)
-    policy = policy_of(FLAVOURS[name])
     decisions = tuple(decide(graph, policy))
     tensors = tuple(tensors_to_calibrate(graph, list(decisions), policy))
     cal = ComponentStats("unet", policy, decisions, tensors, stats, fp32)
@@ -100,6 +106,7 @@ def quantized(fp32: Path, name: str, n_calib: int, log) -> Path:
 
         shutil.rmtree(dst.parent)
     tmp.rename(dst.parent)
+    stamp.write_text(key.hexdigest())
     log(f"{name}: quantized in {time.time() - t0:.0f} s ({sum(d.quantized for d in decisions)} nodes int8)")
     return dst
 

@@ -215,7 +215,35 @@ def _resolve(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], dict[t
         base.setdefault("target", base.get("name", base_path.stem))
     for own in ("name", "description"):  # each profile's own
         base.pop(own, None)
+    _check_family_overrides(raw, base, path, base_origins)
     return merge(base, raw), {**base_origins, **origins}
+
+
+FLAVOUR_KEYS = ("activation_type", "activation_symmetric", "activation_matmul", "attention_probs")
+
+
+def _check_family_overrides(raw: dict, base: dict, path: Path, base_origins: dict) -> None:
+    """A flavour key a profile sets in a component that a base's ``by_family`` entry sets too would be
+    silently replaced on that family's builds: refuse it, naming the entry and the fix."""
+    for section, table in raw.items():
+        if not isinstance(table, dict) or not isinstance(base.get(section), dict):
+            continue
+        families = base[section].get("by_family")
+        own_families = table.get("by_family") if isinstance(table.get("by_family"), dict) else {}
+        for family, entry in (families or {}).items():
+            if not isinstance(entry, dict):
+                continue
+            mine = own_families.get(family) if isinstance(own_families.get(family), dict) else {}
+            hidden = [k for k in FLAVOUR_KEYS if k in table and k in entry and k not in mine and table[k] != entry[k]]
+            if hidden:
+                where = base_origins.get((section, "by_family")) or base_origins.get((section, ""))
+                keys = ", ".join(hidden)
+                raise EdgeqError(
+                    f"{path}: [{section}] {keys}: [{section}.by_family.{family}] in {where} sets "
+                    f"{'it' if len(hidden) == 1 else 'them'} too, and would replace yours on {family} builds",
+                    f"set {keys} in [{section}.by_family.{family}] as well (with a flavour_reason), "
+                    f"so {family} builds use your flavour",
+                )
 
 
 # -- validation -------------------------------------------------------------------------------------
