@@ -197,6 +197,36 @@ def test_interrupted_capture_resumes_and_corrupt_shard_is_named(tiny_exports, tm
         list(cap.unet_samples())
 
 
+def test_capture_reports_its_first_unet_call_before_the_prompt_ends(tiny_exports, tmp_path, monkeypatch):
+    """The build's estimate is made from the first FP32 UNet call: ``on_first`` runs once, after one
+    UNet call of the first prompt and before its second, with that call's time."""
+    from edgeq.runtime import pipeline as pipeline_mod
+
+    settings = CaptureSettings(("a red cat", "a blue dog"), 0, 3, 5.0, "ddim")
+    real_init = pipeline_mod.Pipeline.__init__
+    unet_calls: list[int] = []
+
+    def counting_init(self, *a, **kw):
+        real_init(self, *a, **kw)
+        unet = self.runners["unet"]
+        real_run = unet.run
+
+        def run(feeds):
+            unet_calls.append(1)
+            return real_run(feeds)
+
+        unet.run = run
+
+    monkeypatch.setattr(pipeline_mod.Pipeline, "__init__", counting_init)
+    seen: list[tuple[float, int]] = []
+    capture(tiny_exports["sd15"], tmp_path / "cap", settings, on_first=lambda s: seen.append((s, len(unet_calls))))
+    assert len(unet_calls) == 6  # 2 prompts x 3 steps, all real calls
+    assert len(seen) == 1 and seen[0][1] == 1 and 0 < seen[0][0] < 60
+    seen.clear()
+    capture(tiny_exports["sd15"], tmp_path / "cap", settings, on_first=lambda s: seen.append((s, 0)))
+    assert seen == []  # all cached: nothing captured, nothing to estimate
+
+
 def test_float_vae_profile_and_custom_profile_path(tiny_models, sd15_cache, tmp_path):
     """A profile file given by path, keeping the VAE decoder in FP32: packaged as exported."""
     prof = tmp_path / "ort-cpu-fp32-vae.toml"

@@ -137,9 +137,9 @@ def test_tiny_lcm_build_calibrates_each_step(lcm_cache, tmp_path):
         "--cache-dir", str(lcm_cache),
     )  # fmt: skip
     assert r.returncode in (0, 3), r.stderr[-3000:]
-    # the whole build's cost, printed once the first calibration prompt is captured (this module's cache
+    # the whole build's cost, printed right after the first FP32 UNet call of the capture (this module's cache
     # is fresh here)
-    assert "build estimate from the first prompt" in r.stdout and "--calib-calls" in r.stdout, r.stdout[-2000:]
+    assert "build estimate from the first FP32 UNet call" in r.stdout and "--calib-calls" in r.stdout, r.stdout[-2000:]
     m = json.loads((out / "manifest.json").read_text())
     assert m["pipeline"]["steps"] == 2 and m["pipeline"]["scheduler"] == "lcm"
     groups = m["quantization"]["groups"]

@@ -132,7 +132,8 @@ def capture(
 ) -> Capture:
     """Capture trajectories of the FP32 build at ``build`` into ``folder`` (resuming if possible);
     ``cluster`` (:class:`edgeq.stages.cluster.RayCluster`): one task per missing shard there.
-    ``on_first(seconds)``: called once the first prompt captured here is done, with its time."""
+    ``on_first(seconds)``: called once, right after the first FP32 UNet call captured here, with that
+    call's time (so a long build's estimate comes seconds into it, not after a whole prompt)."""
     from edgeq.runtime.pipeline import Pipeline
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -156,24 +157,25 @@ def capture(
     knob = "--num-calib" if "calib" in desc else "--num-heldout"
     for k, i in enumerate(progress(todo, desc=desc, unit="prompt", knob=knob, disable=not todo)):
         assert pipe is not None
-        t0 = time.perf_counter()
-        capture_shard(pipe, settings, i, folder)
-        if k == 0 and on_first is not None:
-            on_first(time.perf_counter() - t0)
+        capture_shard(pipe, settings, i, folder, on_first_call=on_first if k == 0 else None)
     first = Capture(folder, settings, ()).load(0)
     timesteps = [float(t) for t in first["timesteps"]]
     write_json(index_path, {"settings": want, "complete": True, "timesteps": timesteps})
     return Capture(folder, settings, tuple(timesteps))
 
 
-def capture_shard(pipe, settings: CaptureSettings, i: int, folder: Path) -> None:
-    """Prompt ``i``'s trajectory through the FP32 pipeline, written atomically as its shard file."""
+def capture_shard(pipe, settings: CaptureSettings, i: int, folder: Path, on_first_call=None) -> None:
+    """Prompt ``i``'s trajectory through the FP32 pipeline, written atomically as its shard file.
+    ``on_first_call(seconds)``: called after its first UNet call, with that call's time."""
     from edgeq.runtime.pipeline import GenerateOptions
 
     rec: dict[str, list] = {"sample": [], "timesteps": [], "out_sample": []}
     static: dict[str, np.ndarray] = {}
+    started: list[float] = []
 
     def on_unet(step: int, t: float, feeds: dict[str, np.ndarray]) -> None:
+        if step == 0:
+            started.append(time.perf_counter())
         rec["sample"].append(feeds["sample"].copy())
         rec["timesteps"].append(t)
         for k, v in feeds.items():
@@ -182,6 +184,8 @@ def capture_shard(pipe, settings: CaptureSettings, i: int, folder: Path) -> None
 
     def on_out(step: int, out: np.ndarray) -> None:
         rec["out_sample"].append(out.copy())
+        if step == 0 and on_first_call is not None:
+            on_first_call(time.perf_counter() - started[0])
 
     final: list[np.ndarray] = []
     pipe.generate(

@@ -45,15 +45,16 @@ def capture_set(ctx: Context, which: str) -> Capture:
 STATISTICS_CALL_FACTOR = 1.5
 
 
-def build_estimate(ctx: Context, first_prompt_s: float, steps: int) -> str:
-    """What the build's UNet calls will cost, from the first calibration prompt's capture time: each
-    stage's calls times the FP32 call time, with the option that sets the count. INT8 calls are
-    counted at the FP32 call's time (long) and cached stages are skipped; fixed costs (session loads,
-    Q/DQ insertion, packaging) come on top, which at full size are small beside the calls."""
+def build_estimate(ctx: Context, call: float, steps: int) -> str:
+    """What the build's UNet calls will cost, from the first FP32 UNet call of the calibration capture
+    (``call`` seconds; printed right after it, before the first prompt is done): each stage's calls
+    times that call's time, with the option that sets the count. The first call carries the session's
+    warm-up and INT8 calls are counted at the FP32 call's time, so the estimate errs long; cached
+    stages are skipped; fixed costs (session loads, Q/DQ insertion, packaging) come on top, which at
+    full size are small beside the calls."""
     from edgeq.progress import duration
 
     p = ctx.plan
-    call = first_prompt_s / steps
     stat_calls = p.calib_calls or p.num_calib * steps
     variants = 1 if p.groups == 1 or p.group_mode == "shared" else 3
     rows = [
@@ -65,7 +66,7 @@ def build_estimate(ctx: Context, first_prompt_s: float, steps: int) -> str:
     total = sum(r[1] for r in rows)
     parts = "; ".join(f"{name} ~{duration(s)} ({knob})" for name, s, knob in rows)
     return (
-        f"build estimate from the first prompt ({first_prompt_s:.1f} s, {call:.2f} s per FP32 UNet call): "
+        f"build estimate from the first FP32 UNet call ({call:.2f} s per call): "
         f"UNet calls about {duration(total)} in all: {parts}; cached stages are skipped, fixed costs come on top"
     )
 
