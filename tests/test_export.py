@@ -162,3 +162,66 @@ def test_failed_validation_is_a_clear_error(tiny_models, tmp_path, monkeypatch):
     with pytest.raises(EdgeqError, match="disagrees with torch"):
         export(resolve(str(tiny_models["sd15"])), tmp_path / "o", log=lambda *_: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_large_graph_weights_are_gathered_a_tensor_at_a_time(tmp_path):
+    """torch.onnx writes a graph over 2 GB with one file per tensor; the export gathers them into one
+    page-aligned ``model.onnx_data`` without loading the model's weights (small tensors go inline), and
+    the result computes exactly what the scattered graph computed."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeq.frontend.export import gather_external_data
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((64, 32)).astype(np.float32)  # 8 KiB: external
+    w2 = rng.standard_normal((32, 16)).astype(np.float32)  # 2 KiB: external
+    b = rng.standard_normal(16).astype(np.float32)  # 64 bytes: inline
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="/m/a/MatMul"),
+            helper.make_node("MatMul", ["h", "w2"], ["h2"], name="/m/b/MatMul"),
+            helper.make_node("Add", ["h2", "b"], ["y"], name="/m/b/Add"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 16])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    onnx.save_model(model, str(scratch / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=0)  # fmt: skip
+    assert len(list(scratch.iterdir())) == 4  # the graph and a file per tensor, as torch.onnx writes them
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    want = ort.InferenceSession(str(scratch / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    light = onnx.load(str(scratch / "model.onnx"), load_external_data=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    gather_external_data(light, scratch, out / "model.onnx", "model.onnx_data")
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.onnx_data"]
+    saved = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    where = {t.name: {e.key: e.value for e in t.external_data} for t in saved.graph.initializer}
+    assert where["b"] == {} and numpy_helper.to_array(saved.graph.initializer[2]).tolist() == b.tolist()
+    assert {where["w1"]["location"], where["w2"]["location"]} == {"model.onnx_data"}
+    assert all(int(where[n]["offset"]) % 4096 == 0 for n in ("w1", "w2"))
+    got = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_export_order_puts_the_largest_module_last_and_releases_it(tiny_models):
+    """Components are exported smallest module first, the VAE's two graphs together; a released module
+    is gone from the pipeline."""
+    from edgeq.models.weights import load_pipeline
+
+    source = resolve(str(tiny_models["sdxl"]))
+    pipe = load_pipeline(source)
+    order = [c.module for c in export_mod.export_order(pipe, source.spec.components)]
+    sizes = [sum(p.numel() for p in getattr(pipe, m).parameters()) for m in order]
+    assert sizes == sorted(sizes) and set(order) == {c.module for c in source.spec.components}
+    vae = [i for i, m in enumerate(order) if m == "vae"]
+    assert vae == list(range(vae[0], vae[0] + len(vae)))
+    export_mod.release(pipe, "unet")
+    assert pipe.unet is None
