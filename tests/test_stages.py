@@ -143,6 +143,23 @@ def test_print_config_resolves_without_building(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_build_resolution_option(tmp_path):
+    """--height/--width: in the plan, checked before any work, and exported (beside the default export)
+    at that size, which the pipeline then captures and deploys."""
+    from edgeq.stages.config import BuildOptions
+    from edgeq.stages.context import prepare
+
+    r = cli("build", "tiny-sd", "--height", "64", "--width", "48", "--print-config")
+    assert r.returncode == 0, r.stderr[-1500:]
+    plan = json.loads(r.stdout)["plan"]
+    assert (plan["height"], plan["width"]) == (64, 48)
+    r = cli("build", "tiny-sd", "--height", "60", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--height 60 is not a positive multiple of 8" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+    ctx = prepare(BuildOptions("tiny-sd", height=64, width=48, cache_dir=tmp_path / "c"), log=lambda *a: None)
+    assert ctx.export.folder.name == "fp32-64x48" and ctx.pipeline["resolution"] == [64, 48]
+
+
 def test_component_stats_and_capture_round_trip(tmp_path):
     """The statistics stage's record: policy, decisions and tensors in JSON, histograms in their file."""
     import numpy as np

@@ -41,6 +41,13 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
         "Turbo: 0, LCM: embedded in the UNet)",
     )
     p.add_argument(
+        "--height",
+        type=int,
+        help="image height in pixels the build exports, calibrates, checks and deploys (default: the model's, "
+        "e.g. 1024 for SDXL; 512 as SDXL-Turbo runs)",
+    )
+    p.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
+    p.add_argument(
         "--groups",
         type=int,
         help="timestep groups, at most --steps; with a few-step model every step can be its own group "

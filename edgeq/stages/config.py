@@ -32,6 +32,8 @@ class BuildOptions:
     config_dir: Path | None = None
     steps: int | None = None  # denoising steps captured and deployed; None: the model's
     guidance: float | None = None  # guidance scale captured and deployed; None: the model's
+    height: int | None = None  # image pixels exported, captured and deployed; None: the profile's, else the model's
+    width: int | None = None
     groups: int | None = None
     group_mode: str | None = None
     grouping: str | None = None
@@ -84,6 +86,8 @@ class BuildPlan:
     steps: int | None = None  # denoising steps captured, checked and deployed as the default
     guidance: float | None = None  # guidance scale captured, checked and deployed as the default
     groups_reason: str = ""  # why ``groups`` differs from what was asked, if it does
+    height: int | None = None  # image pixels; None: the model's resolution
+    width: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +128,11 @@ def resolve(opts: BuildOptions):
     _at_least("steps", opts.steps, 1)
     if opts.guidance is not None and opts.guidance < 0:
         raise EdgeqError(f"--guidance must be at least 0, got {opts.guidance}")
+    height = opts.height or profile.export.height
+    width = opts.width or profile.export.width
+    for name, v in (("height", height), ("width", width)):
+        if v is not None and (v < 8 or v % 8):
+            raise EdgeqError(f"--{name} {v} is not a positive multiple of 8", f"give a multiple of 8, e.g. --{name} 512")
     family, bits, why = cpu_flavour(profile, opts.cpu)
     source = resolve_weights(opts.model, opts.weights, opts.config_dir)
     spec = source.spec
@@ -173,6 +182,8 @@ def resolve(opts: BuildOptions):
         steps=steps,
         guidance=guidance,
         groups_reason=groups_reason,
+        height=height,
+        width=width,
     )
     return profile, source, plan
 

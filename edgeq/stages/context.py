@@ -121,8 +121,10 @@ def prepare(opts: BuildOptions, log=print, cluster=None) -> Context:
 
     embedded = any(t.name == "timestep_cond" for t in source.spec.component("unet").inputs)
     batch = ex.batch if uses_cfg({"guidance": plan.guidance, "guidance_embedding_dim": embedded}) else 1
-    settings = ExportSettings(opset=ex.opset, static=ex.static, batch=batch, height=ex.height, width=ex.width)
+    settings = ExportSettings(opset=ex.opset, static=ex.static, batch=batch, height=plan.height, width=plan.width)
     folder = "fp32" + ("-static" if ex.static else "") + (f"-opset{ex.opset}" if ex.opset != 17 else "")
+    if plan.height or plan.width:  # another resolution than the model's: its own export beside the default one
+        folder += f"-{plan.height or 'h'}x{plan.width or 'w'}"
     with stages.timed("export_s"):
         res = export_isolated(source, stages.root / folder, settings, log=log)
     from edgeq.manifest import read_manifest
