@@ -158,6 +158,11 @@ def capture(
     for k, i in enumerate(progress(todo, desc=desc, unit="prompt", knob=knob, disable=not todo)):
         assert pipe is not None
         capture_shard(pipe, settings, i, folder, on_first_call=on_first if k == 0 else None)
+    if pipe is not None:  # the FP32 pipeline's sessions (14 GB at SDXL size): gone before the next stage
+        from edgeq.runtime.sessions import release_memory
+
+        del pipe
+        release_memory()
     first = Capture(folder, settings, ()).load(0)
     timesteps = [float(t) for t in first["timesteps"]]
     write_json(index_path, {"settings": want, "complete": True, "timesteps": timesteps})

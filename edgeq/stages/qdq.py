@@ -145,11 +145,22 @@ def quantize_unet(ctx: Context, cal: ComponentStats, cap: Capture, log=print) ->
     decisions = list(cal.decisions)
 
     def make(tmp: Path) -> None:
+        from edgeq.progress import progress
+
+        # a bar over the graphs ONNX Runtime's quantizer writes: at SDXL size each takes minutes
+        n = 1 + (len(groups) if len(groups) > 1 else 0)
+        ticks = progress(range(n), desc="Q/DQ unet", unit="graph", knob="--groups")
+        next(ticks)
         quantize_component(fp32, decisions, cal.policy, shared, tmp / "shared" / "model.onnx")
         if len(groups) > 1:
-            save_group_graphs(
-                lambda g: quantize_graph(fp32, decisions, cal.policy, per_group[g]), len(groups), tmp / "per-group"
-            )
+
+            def group_graph(g: int):
+                next(ticks)
+                return quantize_graph(fp32, decisions, cal.policy, per_group[g])
+
+            save_group_graphs(group_graph, len(groups), tmp / "per-group")
+        for _ in ticks:  # closes the bar
+            pass
 
     with ctx.stages.timed("quantize_unet_s"):
         root = ctx.stages.folder(
