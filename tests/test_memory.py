@@ -152,3 +152,30 @@ def test_isolated_steps_run_in_a_child_and_keep_their_errors():
         run_isolated("the statistics", signal.raise_signal, 9)
     assert e.value.message == "the statistics was killed (SIGKILL) in its child process"
     assert "out-of-memory" in e.value.hint
+
+
+def test_qdq_insertion_in_a_child_writes_the_same_graph(tiny_exports, tmp_path):
+    """A large graph's Q/DQ insertion runs in a child process (the quantizer's memory goes back to the
+    system when it exits): the graph it writes, and the model read back for the per-group graphs, are
+    the ones the in-process quantizer makes. The MAC count and the split run the same way."""
+    import onnx
+
+    from edgeq.profiles import load_profile
+    from edgeq.quantize.policy import decide, tensors_to_calibrate
+    from edgeq.stages.qdq import isolate_large, qdq_model, write_qdq
+
+    fp32 = tiny_exports["sd15"] / "unet" / "model.onnx"
+    assert not isolate_large(fp32)  # tiny: in process unless asked
+    policy = load_profile("ort-cpu").policy("unet")
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    decisions = decide(graph, policy)
+    ranges = {t: (-1.0 - i * 1e-3, 2.0 + i * 1e-3) for i, t in enumerate(tensors_to_calibrate(graph, decisions, policy))}
+    write_qdq(fp32, decisions, policy, ranges, tmp_path / "here" / "model.onnx", isolate=False)
+    write_qdq(fp32, decisions, policy, ranges, tmp_path / "child" / "model.onnx", isolate=True)
+    for name in ("model.onnx", "model.onnx_data"):
+        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "child" / name).read_bytes()
+    here = qdq_model(fp32, decisions, policy, ranges, tmp_path / "s1", isolate=False)
+    child = qdq_model(fp32, decisions, policy, ranges, tmp_path / "s2", isolate=True)
+    assert not (tmp_path / "s2").exists()  # the child's files are gone once read back
+    assert here.graph.node == child.graph.node
+    assert {i.name: i.raw_data for i in here.graph.initializer} == {i.name: i.raw_data for i in child.graph.initializer}

@@ -91,13 +91,52 @@ def quantize_component(fp32_path: Path, decisions, policy, ranges: dict[str, tup
     save_onnx(quantize_graph(fp32_path, list(decisions), policy, ranges), dst)
 
 
+def isolate_large(fp32_path: Path) -> bool:
+    """Whether a step on this graph runs in a child process: graphs over 1 GiB of weights. ONNX
+    Runtime's quantizer holds the FP32 model, its shape-inferred copy and the Q/DQ model (an SDXL
+    UNet's second group graph took the build from 12 to 23.5 GB, and the kernel killed it), and what it
+    touched stays in the process; a child gives it all back when it exits."""
+    from edgeq.runtime.sessions import ARENA_MAX_WEIGHT_BYTES, weight_bytes
+
+    return weight_bytes(fp32_path) > ARENA_MAX_WEIGHT_BYTES
+
+
+def write_qdq(fp32_path: Path, decisions, policy, ranges, dst: Path, isolate: bool | None = None) -> None:
+    """:func:`quantize_component`, in a child process for a large graph (:func:`isolate_large`)."""
+    from edgeq.isolate import run_isolated
+
+    if isolate if isolate is not None else isolate_large(fp32_path):
+        run_isolated("Q/DQ insertion", quantize_component, fp32_path, list(decisions), policy, ranges, dst)
+    else:
+        quantize_component(fp32_path, decisions, policy, ranges, dst)
+
+
+def qdq_model(fp32_path: Path, decisions, policy, ranges, scratch: Path, isolate: bool | None = None):
+    """The Q/DQ model (in memory) for one set of ranges; a large graph's is made in a child process
+    (:func:`write_qdq`) and read back from ``scratch``, only its int8 weights and scales in memory here."""
+    import shutil
+
+    import onnx
+
+    from edgeq.quantize.insert import quantize_graph
+
+    if not (isolate if isolate is not None else isolate_large(fp32_path)):
+        return quantize_graph(fp32_path, list(decisions), policy, ranges)
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        write_qdq(fp32_path, decisions, policy, ranges, scratch / "model.onnx", isolate=True)
+        return onnx.load(str(scratch / "model.onnx"), load_external_data=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def unet_source(ctx: Context, cal: ComponentStats, shared: dict, cap: Capture) -> tuple[Path, list, ComponentStats]:
     """The UNet graph to quantize: the FP32 export, or its shortcut-split copy (cached) where the
     profile splits Concat-fed Convs; the returned statistics then name the split Convs. Where the
     profile quantizes outputs, the split Convs' outputs get statistics of their own."""
     import onnx
 
-    from edgeq.quantize.split import plan_splits, split_decisions, write_split
+    from edgeq.quantize.split import plan_splits, split_decisions
 
     fp32 = cal.source or ctx.export.path("unet")
     if not cal.policy.split_concat_convs:
@@ -110,7 +149,7 @@ def unet_source(ctx: Context, cal: ComponentStats, shared: dict, cap: Capture) -
         "split-unet",
         str(fp32),
         [s.to_dict() for s in splits],
-        make=lambda tmp: write_split(fp32, splits, tmp / "model.onnx"),
+        make=lambda tmp: _write_split(fp32, splits, tmp / "model.onnx"),
     )
     cal = replace(cal, decisions=tuple(split_decisions(list(cal.decisions), splits)))
     if cal.policy.output_quantization:
@@ -126,11 +165,22 @@ def unet_source(ctx: Context, cal: ComponentStats, shared: dict, cap: Capture) -
     return root / "model.onnx", splits, cal
 
 
+def _write_split(fp32: Path, splits, dst: Path) -> None:
+    """The shortcut-split graph (it holds the whole FP32 model): in a child for a large graph."""
+    from edgeq.isolate import run_isolated
+    from edgeq.quantize.split import write_split
+
+    if isolate_large(fp32):
+        run_isolated("splitting shortcut convolutions", write_split, fp32, splits, dst)
+    else:
+        write_split(fp32, splits, dst)
+
+
 def quantize_unet(ctx: Context, cal: ComponentStats, cap: Capture, log=print) -> QuantizedUnet:
     """Groups, ranges, (splits, mixed precision,) and the shared, per-group and gains Q/DQ graphs."""
     import onnx
 
-    from edgeq.quantize.insert import quantize_graph, read_activation_qparams, save_group_graphs, weight_summary
+    from edgeq.quantize.insert import read_activation_qparams, save_group_graphs, weight_summary
 
     method = ctx.plan.range_method or cal.policy.range_method
     groups = make_groups(ctx, cal.stats)
@@ -151,12 +201,12 @@ def quantize_unet(ctx: Context, cal: ComponentStats, cap: Capture, log=print) ->
         n = 1 + (len(groups) if len(groups) > 1 else 0)
         ticks = progress(range(n), desc="Q/DQ unet", unit="graph", knob="--groups")
         next(ticks)
-        quantize_component(fp32, decisions, cal.policy, shared, tmp / "shared" / "model.onnx")
+        write_qdq(fp32, decisions, cal.policy, shared, tmp / "shared" / "model.onnx")
         if len(groups) > 1:
 
             def group_graph(g: int):
                 next(ticks)
-                return quantize_graph(fp32, decisions, cal.policy, per_group[g])
+                return qdq_model(fp32, decisions, cal.policy, per_group[g], tmp / ".scratch")
 
             save_group_graphs(group_graph, len(groups), tmp / "per-group")
         for _ in ticks:  # closes the bar
