@@ -169,7 +169,9 @@ def test_qdq_insertion_in_a_child_writes_the_same_graph(tiny_exports, tmp_path):
     policy = load_profile("ort-cpu").policy("unet")
     graph = onnx.load(str(fp32), load_external_data=False).graph
     decisions = decide(graph, policy)
-    ranges = {t: (-1.0 - i * 1e-3, 2.0 + i * 1e-3) for i, t in enumerate(tensors_to_calibrate(graph, decisions, policy))}
+    ranges = {
+        t: (-1.0 - i * 1e-3, 2.0 + i * 1e-3) for i, t in enumerate(tensors_to_calibrate(graph, decisions, policy))
+    }
     write_qdq(fp32, decisions, policy, ranges, tmp_path / "here" / "model.onnx", isolate=False)
     write_qdq(fp32, decisions, policy, ranges, tmp_path / "child" / "model.onnx", isolate=True)
     for name in ("model.onnx", "model.onnx_data"):

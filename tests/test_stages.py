@@ -154,7 +154,9 @@ def test_build_resolution_option(tmp_path):
     plan = json.loads(r.stdout)["plan"]
     assert (plan["height"], plan["width"]) == (64, 48)
     r = cli("build", "tiny-sd", "--height", "60", "--out", str(tmp_path / "o"))
-    assert r.returncode == 2 and "--height 60 is not a positive multiple of 8" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 2 and "--height 60 is not a positive multiple of 8" in r.stderr and "Traceback" not in r.stderr
+    )
     assert not (tmp_path / "o").exists()
     ctx = prepare(BuildOptions("tiny-sd", height=64, width=48, cache_dir=tmp_path / "c"), log=lambda *a: None)
     assert ctx.export.folder.name == "fp32-64x48" and ctx.pipeline["resolution"] == [64, 48]

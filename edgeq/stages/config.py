@@ -132,7 +132,9 @@ def resolve(opts: BuildOptions):
     width = opts.width or profile.export.width
     for name, v in (("height", height), ("width", width)):
         if v is not None and (v < 8 or v % 8):
-            raise EdgeqError(f"--{name} {v} is not a positive multiple of 8", f"give a multiple of 8, e.g. --{name} 512")
+            raise EdgeqError(
+                f"--{name} {v} is not a positive multiple of 8", f"give a multiple of 8, e.g. --{name} 512"
+            )
     family, bits, why = cpu_flavour(profile, opts.cpu)
     source = resolve_weights(opts.model, opts.weights, opts.config_dir)
     spec = source.spec
