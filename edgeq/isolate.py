@@ -56,3 +56,22 @@ def run_isolated(what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
             raise RuntimeError(f"{what} failed in a child process (exit code {proc.exitcode}); its output is above")
         with open(result, "rb") as f:
             return pickle.load(f)
+
+
+def is_large(graph: Path) -> bool:
+    """Whether a step on this ONNX graph runs in a child process: over 1 GiB of weights (the limit
+    above which its ONNX Runtime sessions also run without the memory arena). ONNX Runtime's quantizer
+    holds the FP32 model, its shape-inferred copy and the Q/DQ model, and what it touched stays in the
+    process: an SDXL UNet's second group graph took the build from 12 to 23.5 GB, and the kernel
+    killed it. A child gives it all back when it exits."""
+    from edgeq.runtime.sessions import ARENA_MAX_WEIGHT_BYTES, weight_bytes
+
+    return weight_bytes(graph) > ARENA_MAX_WEIGHT_BYTES
+
+
+def run_for_graph(graph: Path, what: str, fn: Callable, *args: Any, isolate: bool | None = None) -> Any:
+    """``fn(*args)`` on the graph at ``graph``: in a child process (:func:`run_isolated`) where the
+    graph is large (:func:`is_large`) or ``isolate`` says so, else here."""
+    if isolate if isolate is not None else is_large(graph):
+        return run_isolated(what, fn, *args)
+    return fn(*args)

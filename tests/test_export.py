@@ -221,6 +221,7 @@ def test_export_order_puts_the_largest_module_last_and_releases_it(tiny_models):
     order = [c.module for c in export_mod.export_order(pipe, source.spec.components)]
     sizes = [sum(p.numel() for p in getattr(pipe, m).parameters()) for m in order]
     assert sizes == sorted(sizes) and set(order) == {c.module for c in source.spec.components}
+    assert order[-1] == "unet"  # the largest module, exported alone once the others are released
     vae = [i for i, m in enumerate(order) if m == "vae"]
     assert vae == list(range(vae[0], vae[0] + len(vae)))
     export_mod.release(pipe, "unet")

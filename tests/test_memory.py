@@ -157,15 +157,21 @@ def test_isolated_steps_run_in_a_child_and_keep_their_errors():
 def test_qdq_insertion_in_a_child_writes_the_same_graph(tiny_exports, tmp_path):
     """A large graph's Q/DQ insertion runs in a child process (the quantizer's memory goes back to the
     system when it exits): the graph it writes, and the model read back for the per-group graphs, are
-    the ones the in-process quantizer makes. The MAC count and the split run the same way."""
+    the ones the in-process quantizer makes. The MAC count and the shortcut split go through the same
+    ``run_for_graph``: here for a small graph, in a child for a large one."""
+    import os
+
     import onnx
 
+    from edgeq.isolate import is_large, run_for_graph
     from edgeq.profiles import load_profile
     from edgeq.quantize.policy import decide, tensors_to_calibrate
-    from edgeq.stages.qdq import isolate_large, qdq_model, write_qdq
+    from edgeq.stages.qdq import qdq_model, write_qdq
 
     fp32 = tiny_exports["sd15"] / "unet" / "model.onnx"
-    assert not isolate_large(fp32)  # tiny: in process unless asked
+    assert not is_large(fp32)  # tiny: in process unless asked
+    assert run_for_graph(fp32, "pid", os.getpid) == os.getpid()
+    assert run_for_graph(fp32, "pid", os.getpid, isolate=True) != os.getpid()
     policy = load_profile("ort-cpu").policy("unet")
     graph = onnx.load(str(fp32), load_external_data=False).graph
     decisions = decide(graph, policy)

@@ -447,12 +447,12 @@ def gather_external_data(model, src_dir: Path, path: Path, location: str, inline
     ``onnx.load`` + ``onnx.save_model`` held it twice (the SDXL UNet is 10.3 GB). Tensors under
     ``inline_below`` bytes go into the graph file, as ``onnx.save_model``'s ``size_threshold`` does."""
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     align = 4096  # page-aligned offsets: ONNX Runtime can map the file
     data = path.with_name(location)
     with open(data, "wb") as out:
-        for tensor in _all_tensors(model):
+        for tensor in _get_all_tensors(model):  # initializers and tensor attributes, subgraphs included
             if not uses_external_data(tensor):
                 continue
             info = ExternalDataInfo(tensor)
@@ -473,12 +473,6 @@ def gather_external_data(model, src_dir: Path, path: Path, location: str, inline
             tensor.data_location = onnx.TensorProto.EXTERNAL
             del blob
     onnx.save_model(model, str(path))
-
-
-def _all_tensors(model):
-    from onnx.external_data_helper import _get_all_tensors
-
-    return _get_all_tensors(model)
 
 
 def _strip_wrapper_prefix(graph) -> None:

@@ -58,9 +58,8 @@ def validate_graph(
     output's max absolute and relative error. Graphs over 1 GiB run without the memory arena."""
     from edgeq.runtime.sessions import OrtRunner
 
-    runner = OrtRunner(path)
-    got = runner.session.run(out_names, feeds)
-    del runner
+    out = OrtRunner(path).run(feeds)
+    got = [out[n] for n in out_names]
     vals = []
     for name, g, r in zip(out_names, got, ref):
         max_abs = float(np.abs(g - r).max())

@@ -37,9 +37,9 @@ def unet_macs(ctx: Context, cal, cap: Capture, fp32: Path) -> tuple[dict[str, in
     the mixed-precision search, the quant plan and ``edgeq sensitivity`` all ask."""
     import onnx
 
+    from edgeq.isolate import run_for_graph
     from edgeq.quantize.policy import constant_names
     from edgeq.quantize.sensitivity import count_macs
-    from edgeq.stages.qdq import isolate_large
 
     nodes = [d.node for d in cal.decisions]
 
@@ -48,12 +48,8 @@ def unet_macs(ctx: Context, cal, cap: Capture, fp32: Path) -> tuple[dict[str, in
         const = constant_names(g)
         act_act = sorted(n.name for n in g.node if n.op_type == "MatMul" and n.input[1] not in const)
         feeds = next(iter(cap.unet_samples(len(cap.timesteps)))).feeds
-        if isolate_large(fp32):  # the graph's weights and every counted node's output: a child's memory
-            from edgeq.isolate import run_isolated
-
-            macs = run_isolated("counting the UNet's MACs", count_macs, fp32, feeds, nodes)
-        else:
-            macs = count_macs(fp32, feeds, nodes)
+        # the graph's weights and every counted node's output: a child's memory for a large graph
+        macs = run_for_graph(fp32, "counting the UNet's MACs", count_macs, fp32, feeds, nodes)
         return {"macs": macs, "activation_matmuls": act_act}
 
     res = ctx.stages.json("macs-unet", str(fp32), nodes, str(cap.folder), make=count)

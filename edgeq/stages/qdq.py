@@ -91,24 +91,12 @@ def quantize_component(fp32_path: Path, decisions, policy, ranges: dict[str, tup
     save_onnx(quantize_graph(fp32_path, list(decisions), policy, ranges), dst)
 
 
-def isolate_large(fp32_path: Path) -> bool:
-    """Whether a step on this graph runs in a child process: graphs over 1 GiB of weights. ONNX
-    Runtime's quantizer holds the FP32 model, its shape-inferred copy and the Q/DQ model (an SDXL
-    UNet's second group graph took the build from 12 to 23.5 GB, and the kernel killed it), and what it
-    touched stays in the process; a child gives it all back when it exits."""
-    from edgeq.runtime.sessions import ARENA_MAX_WEIGHT_BYTES, weight_bytes
-
-    return weight_bytes(fp32_path) > ARENA_MAX_WEIGHT_BYTES
-
-
 def write_qdq(fp32_path: Path, decisions, policy, ranges, dst: Path, isolate: bool | None = None) -> None:
-    """:func:`quantize_component`, in a child process for a large graph (:func:`isolate_large`)."""
-    from edgeq.isolate import run_isolated
+    """:func:`quantize_component`, in a child process for a large graph (:func:`edgeq.isolate.is_large`)."""
+    from edgeq.isolate import run_for_graph
 
-    if isolate if isolate is not None else isolate_large(fp32_path):
-        run_isolated("Q/DQ insertion", quantize_component, fp32_path, list(decisions), policy, ranges, dst)
-    else:
-        quantize_component(fp32_path, decisions, policy, ranges, dst)
+    run_for_graph(fp32_path, "Q/DQ insertion", quantize_component, fp32_path, decisions, policy, ranges, dst,
+                  isolate=isolate)  # fmt: skip
 
 
 def qdq_model(fp32_path: Path, decisions, policy, ranges, scratch: Path, isolate: bool | None = None):
@@ -118,9 +106,10 @@ def qdq_model(fp32_path: Path, decisions, policy, ranges, scratch: Path, isolate
 
     import onnx
 
+    from edgeq.isolate import is_large
     from edgeq.quantize.insert import quantize_graph
 
-    if not (isolate if isolate is not None else isolate_large(fp32_path)):
+    if not (isolate if isolate is not None else is_large(fp32_path)):
         return quantize_graph(fp32_path, list(decisions), policy, ranges)
     scratch.mkdir(parents=True, exist_ok=True)
     try:
@@ -136,7 +125,8 @@ def unet_source(ctx: Context, cal: ComponentStats, shared: dict, cap: Capture) -
     profile quantizes outputs, the split Convs' outputs get statistics of their own."""
     import onnx
 
-    from edgeq.quantize.split import plan_splits, split_decisions
+    from edgeq.isolate import run_for_graph
+    from edgeq.quantize.split import plan_splits, split_decisions, write_split
 
     fp32 = cal.source or ctx.export.path("unet")
     if not cal.policy.split_concat_convs:
@@ -149,7 +139,10 @@ def unet_source(ctx: Context, cal: ComponentStats, shared: dict, cap: Capture) -
         "split-unet",
         str(fp32),
         [s.to_dict() for s in splits],
-        make=lambda tmp: _write_split(fp32, splits, tmp / "model.onnx"),
+        # the split holds the whole FP32 model: in a child for a large graph
+        make=lambda tmp: run_for_graph(
+            fp32, "splitting shortcut convolutions", write_split, fp32, splits, tmp / "model.onnx"
+        ),  # fmt: skip
     )
     cal = replace(cal, decisions=tuple(split_decisions(list(cal.decisions), splits)))
     if cal.policy.output_quantization:
@@ -163,17 +156,6 @@ def unet_source(ctx: Context, cal: ComponentStats, shared: dict, cap: Capture) -
         )  # fmt: skip
         cal = cal.with_extra(Stats.load(stats))
     return root / "model.onnx", splits, cal
-
-
-def _write_split(fp32: Path, splits, dst: Path) -> None:
-    """The shortcut-split graph (it holds the whole FP32 model): in a child for a large graph."""
-    from edgeq.isolate import run_isolated
-    from edgeq.quantize.split import write_split
-
-    if isolate_large(fp32):
-        run_isolated("splitting shortcut convolutions", write_split, fp32, splits, dst)
-    else:
-        write_split(fp32, splits, dst)
 
 
 def quantize_unet(ctx: Context, cal: ComponentStats, cap: Capture, log=print) -> QuantizedUnet:
