@@ -187,3 +187,72 @@ def test_qdq_insertion_in_a_child_writes_the_same_graph(tiny_exports, tmp_path):
     assert not (tmp_path / "s2").exists()  # the child's files are gone once read back
     assert here.graph.node == child.graph.node
     assert {i.name: i.raw_data for i in here.graph.initializer} == {i.name: i.raw_data for i in child.graph.initializer}
+
+
+def test_statistics_split_into_passes_give_the_same_histograms(tiny_exports, capsys):
+    """Where one call's calibrated activations would not fit under the memory ceiling, the tensors run
+    in parts, one pass over the calls per part: the sizes are predicted from two shrunk runs without
+    ever holding the full-size set (never under the real size, at most 30% over in all), and the
+    histograms are exactly the ones of one pass."""
+    import onnx
+
+    from edgeq.calibrate.collect import (
+        ACTIVATION_SHARE,
+        augmented_session,
+        collect,
+        plan_parts,
+        predict_sizes,
+        split_by_size,
+    )
+    from edgeq.profiles import load_profile
+    from edgeq.quantize.policy import decide, tensors_to_calibrate
+    from edgeq.stages.memory import tree_rss
+
+    fp32 = tiny_exports["sd15"] / "unet" / "model.onnx"
+    policy = load_profile("openvino").policy("unet")  # int8 attention: the scores are calibrated too
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    tensors = tensors_to_calibrate(graph, decide(graph, policy), policy)
+    assert any("MatMul" in t or "Softmax" in t for t in tensors)
+    rng = np.random.default_rng(0)
+    calls = [
+        (
+            s,
+            {
+                "sample": rng.standard_normal((2, 4, 32, 32)).astype(np.float32),
+                "timestep": np.array(900.0 - 400 * s, np.float32),
+                "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32),
+            },
+        )
+        for s in range(3)
+    ]
+
+    sess = augmented_session(fp32, tensors)
+    one = {k: v[:1] for k, v in calls[0][1].items() if v.ndim}
+    one["timestep"] = calls[0][1]["timestep"]
+    actual = {t: o.nbytes for t, o in zip(tensors, sess.run(tensors, one))}
+    predicted = predict_sizes(sess, tensors, one)
+    assert predicted is not None
+    assert all(predicted[t] >= actual[t] for t in tensors)
+    assert sum(predicted.values()) <= 1.3 * sum(actual.values())
+    assert predict_sizes(sess, tensors, {**one, "sample": one["sample"][..., :8, :8]}) is None  # too small to shrink
+
+    assert split_by_size(["a", "b", "c", "d"], {"a": 3, "b": 3, "c": 9, "d": 1}, 6) == [["a", "b"], ["c"], ["d"]]
+    roomy = plan_parts(sess, tensors, calls, 2**50)
+    assert roomy == [list(tensors)]
+    ceiling = tree_rss() + int(sum(predicted.values()) / 3 / ACTIVATION_SHARE)
+    parts = plan_parts(sess, tensors, calls, ceiling)
+    assert len(parts) >= 3 and [t for p in parts for t in p] == list(tensors)
+
+    whole = collect(fp32, tensors, calls, [900.0, 500.0, 100.0], 3, desc="")
+    capsys.readouterr()
+    split = collect(fp32, tensors, lambda: iter(calls), [900.0, 500.0, 100.0], 3, desc="stats", max_bytes=ceiling)
+    assert "passes over the calls" in capsys.readouterr().out
+    for t in tensors:
+        for a, b in zip(whole.hists[t], split.hists[t]):
+            assert np.array_equal(a.counts, b.counts) and (a.exp, a.lo, a.hi, a.n, a.sumsq) == (
+                b.exp,
+                b.lo,
+                b.hi,
+                b.n,
+                b.sumsq,
+            )

@@ -162,6 +162,17 @@ def test_build_resolution_option(tmp_path):
     assert ctx.export.folder.name == "fp32-64x48" and ctx.pipeline["resolution"] == [64, 48]
 
 
+def test_build_memory_ceiling_option(tmp_path):
+    """--max-memory: in the plan (the statistics' ceiling, see test_memory), refused below 1 GB before
+    any work."""
+    r = cli("build", "tiny-sd", "--max-memory", "20", "--print-config")
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert json.loads(r.stdout)["plan"]["max_memory_gb"] == 20
+    r = cli("build", "tiny-sd", "--max-memory", "0.5", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--max-memory 0.5 GB is too little" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_component_stats_and_capture_round_trip(tmp_path):
     """The statistics stage's record: policy, decisions and tensors in JSON, histograms in their file."""
     import numpy as np

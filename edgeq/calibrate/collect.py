@@ -5,13 +5,18 @@ run alone and its activations are folded into histograms, then dropped. Peak mem
 one forward pass's requested activations, and the histograms: tensors x steps x 32 KiB (4096
 int64 counts; tiny-sd: 126 x 20 x 32 KiB = 80 MB; SD1.5 about 700 x 25 x 32 KiB = 560 MB).
 ONNX Runtime's own calibrator instead keeps every intermediate output of every sample.
+
+Where one call's requested activations would not fit under the memory ceiling (an SDXL UNet at
+1024 px), the tensors are split into parts and the calls are run once per part, each part with its
+own session (:func:`plan_parts`). The histograms are the same either way: each tensor sees the same
+calls in the same order.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,29 +123,56 @@ def dynamic_batch(sess) -> bool:
     return any(i.name == "sample" and i.shape and not isinstance(i.shape[0], int) for i in sess.get_inputs())
 
 
+Samples = Iterable[tuple[int, dict[str, np.ndarray]]]
+
+
 def collect(
     model_path: Path,
     tensors: list[str],
-    samples: Iterable[tuple[int, dict[str, np.ndarray]]],
+    samples: Samples | Callable[[], Samples],
     timesteps: list[float],
     total: int,
     desc: str = "statistics",
     session=None,
+    max_bytes: int | None = None,
 ) -> Stats:
     """Fold every sample's activations of ``tensors`` into per-step histograms.
 
-    ``samples`` yields (step index, feeds); each is run alone and released before the next.
-    ``session``: an :func:`augmented_session` of these tensors to reuse (cluster workers keep one).
+    ``samples`` yields (step index, feeds); each is run alone and released before the next. Given as
+    a callable returning a fresh iterable, the calls can be run more than once: then, where one call's
+    activations would take this process over ``max_bytes`` (None: the memory the system has available
+    now), the tensors are split into parts, one pass over the calls per part (:func:`plan_parts`).
+    ``session``: an :func:`augmented_session` of these tensors to reuse (cluster workers keep one);
+    with it, one pass.
     """
+    fresh = samples if callable(samples) else None
+    st = Stats(list(tensors), list(timesteps), {t: [Hist.empty() for _ in timesteps] for t in tensors})
     sess = session if session is not None else augmented_session(model_path, tensors)
+    parts = [list(tensors)]
+    if session is None and fresh is not None:
+        parts = plan_parts(sess, tensors, fresh(), max_bytes, desc)
+        if len(parts) > 1:
+            sess = None  # each part gets its own session, one at a time
+            _trim()
+    for k, part in enumerate(parts):
+        if sess is None:
+            sess = augmented_session(model_path, part)
+        what = desc if len(parts) == 1 or not desc else f"{desc} (part {k + 1}/{len(parts)})"
+        _run_pass(sess, part, fresh() if fresh is not None else samples, st, total, what)
+        if len(parts) > 1:
+            sess = None
+            _trim()
+    return st
+
+
+def _run_pass(sess, tensors: list[str], samples: Samples, st: Stats, total: int, desc: str) -> None:
     inputs = {i.name for i in sess.get_inputs()}
     split = dynamic_batch(sess)
-    st = Stats(list(tensors), list(timesteps), {t: [Hist.empty() for _ in timesteps] for t in tensors})
     calls = progress(samples, total=total, desc=desc, unit="call", knob="--calib-calls", disable=not desc)
     for step, feeds in calls:
         given = {k: v for k, v in feeds.items() if k in inputs}
-        for part in _batch_items(given) if split else [given]:
-            outs = sess.run(tensors, part)
+        for item in _batch_items(given) if split else [given]:
+            outs = sess.run(tensors, item)
             for name, arr in zip(tensors, outs):
                 try:
                     st.hists[name][step].add(arr)
@@ -150,7 +182,118 @@ def collect(
                         "the FP32 model itself produces non-finite values: check the export",
                     ) from None
             del outs
-    return st
+
+
+# the share of the memory left under the ceiling (after the session's weights) that one pass's
+# requested activations may take: the rest is the forward pass's own working set (an attention's
+# scores and softmax, the convolutions' buffers) and the histograms
+ACTIVATION_SHARE = 0.6
+
+
+def plan_parts(sess, tensors: list[str], samples: Samples, max_bytes: int | None, desc: str = "") -> list[list[str]]:
+    """The tensors split into parts whose activations of one batch item fit beside the loaded session
+    under ``max_bytes`` (None: what the system has available now plus this process's resident set).
+
+    Each tensor's size at the calls' resolution is predicted from two runs of the first call shrunk to
+    a quarter and a sixteenth of its spatial area (``size = a * area + b * area**2``: convolutions and
+    projections grow with the area, self-attention scores with its square), so the full-size
+    activations are never all held. Graphs whose spatial input is static or too small to shrink
+    (latents under 32 x 32) are one part: their activations are small.
+    """
+    first = next(iter(samples), None)
+    if first is None:
+        return [list(tensors)]
+    feeds = {k: v for k, v in first[1].items() if k in {i.name for i in sess.get_inputs()}}
+    if dynamic_batch(sess):
+        feeds = _batch_items(feeds)[0]
+    sizes = predict_sizes(sess, tensors, feeds)
+    if sizes is None:
+        return [list(tensors)]
+    from edgeq.stages.memory import tree_rss
+
+    held = tree_rss()
+    ceiling = max_bytes if max_bytes is not None else available_bytes() + held
+    budget = max(int((ceiling - held) * ACTIVATION_SHARE), 1)
+    parts = split_by_size(tensors, sizes, budget)
+    if len(parts) > 1 and desc:
+        total = sum(sizes.values())
+        print(
+            f"{desc}: one call's calibrated activations are about {total / 2**30:.1f} GB per batch item; "
+            f"beside the loaded graph ({held / 2**30:.1f} GB) under {ceiling / 2**30:.1f} GB they run in "
+            f"{len(parts)} passes over the calls, each with a part of the tensors (same statistics; "
+            "--max-memory sets the ceiling)",
+            flush=True,
+        )
+    return parts
+
+
+def split_by_size(tensors: list[str], sizes: dict[str, int], budget: int) -> list[list[str]]:
+    """Consecutive runs of ``tensors`` (graph order) whose sizes add up to at most ``budget`` each
+    (a tensor larger than the budget alone is a part of its own)."""
+    parts: list[list[str]] = [[]]
+    used = 0
+    for t in tensors:
+        if parts[-1] and used + sizes[t] > budget:
+            parts.append([])
+            used = 0
+        parts[-1].append(t)
+        used += sizes[t]
+    return parts
+
+
+def spatial_input(sess) -> str | None:
+    """The 4-D input whose height and width are dynamic (``sample``, ``latent_sample``), if any."""
+    for i in sess.get_inputs():
+        if len(i.shape or []) == 4 and not isinstance(i.shape[2], int) and not isinstance(i.shape[3], int):
+            return i.name
+    return None
+
+
+def predict_sizes(sess, tensors: list[str], feeds: dict[str, np.ndarray]) -> dict[str, int] | None:
+    """Bytes of each of ``tensors`` for ``feeds`` (one batch item), from runs at 1/16 and 1/4 of its
+    spatial area; None where the spatial input cannot be shrunk (static, or under 32 x 32)."""
+    name = spatial_input(sess)
+    if name is None or name not in feeds:
+        return None
+    h, w = feeds[name].shape[-2:]
+    if h % 32 or w % 32:
+        return None
+    small = []
+    for f in (4, 2):
+        shrunk = dict(feeds)
+        shrunk[name] = np.ascontiguousarray(feeds[name][..., : h // f, : w // f])
+        outs = sess.run(tensors, shrunk)
+        small.append([int(o.nbytes) for o in outs])
+        del outs
+    sizes = {}
+    for t, s1, s2 in zip(tensors, *small):
+        quad = max(0.0, (s2 - 4 * s1) / 12)  # b * area1**2, area1 = a sixteenth of the full area
+        lin = max(0.0, s1 - quad)  # a * area1
+        sizes[t] = int(max(16 * lin + 256 * quad, s2) * 1.05)
+    return sizes
+
+
+def available_bytes() -> int:
+    """What the system can give this process now (Linux MemAvailable; psutil elsewhere; else 8 GiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return 8 * 2**30
+
+
+def _trim() -> None:
+    from edgeq.runtime.sessions import release_memory
+
+    release_memory()
 
 
 def component_samples(cap, name: str, shards: list[tuple[int, list[int] | None]]):

@@ -91,6 +91,15 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="calibration seeds are seed + prompt index")
     p.add_argument("--cache-dir", type=Path, help="where cached stages live (default build/.cache/<model>-<hash>)")
     p.add_argument(
+        "--max-memory",
+        type=float,
+        dest="max_memory_gb",
+        metavar="GB",
+        help="memory ceiling for the statistics: where one call's calibrated activations would not fit beside the "
+        "model, they run in several passes over the calls, each with part of the tensors (same statistics, "
+        "more time; default: the memory the system has free)",
+    )
+    p.add_argument(
         "--cluster",
         help="capture and statistics on Ray: `ray` (a local Ray with this machine's cores), HOST:PORT of a running "
         "cluster this machine is part of, or ray://HOST:PORT (Ray Client); same results as one process",

@@ -170,15 +170,31 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentStats
     return out
 
 
-def _collect_to_file(path: Path, tensors: list[str], cap: Capture, name: str, out: Path, limit: int | None) -> None:
+def _collect_to_file(
+    path: Path, tensors: list[str], cap: Capture, name: str, out: Path, limit: int | None, max_bytes: int | None
+) -> None:
     """Child process body of :func:`collect_isolated`."""
     if name == "unet":
-        samples = ((s.step, s.feeds) for s in cap.unet_samples(limit))
         total = len(cap) if limit is None else limit
-        stats = collect(path, tensors, samples, list(cap.timesteps), total, desc="statistics unet")
+        stats = collect(
+            path,
+            tensors,
+            lambda: ((s.step, s.feeds) for s in cap.unet_samples(limit)),
+            list(cap.timesteps),
+            total,
+            desc="statistics unet",
+            max_bytes=max_bytes,
+        )
     else:
-        samples = ((0, {"latent_sample": z}) for z in cap.vae_inputs())
-        stats = collect(path, tensors, samples, [0.0], len(cap.settings.prompts), desc=f"statistics {name}")
+        stats = collect(
+            path,
+            tensors,
+            lambda: ((0, {"latent_sample": z}) for z in cap.vae_inputs()),
+            [0.0],
+            len(cap.settings.prompts),
+            desc=f"statistics {name}",
+            max_bytes=max_bytes,
+        )
     stats.save(out)
 
 
@@ -188,15 +204,24 @@ def collect_stats(
     """Statistics into ``out``: on the build's Ray cluster where it has one, else in a child process.
     Both give the same file contents (histograms merge exactly in any order)."""
     if ctx.cluster is None:
-        collect_isolated(path, tensors, cap, name, out, limit)
+        ceiling = ctx.plan.max_memory_gb
+        collect_isolated(path, tensors, cap, name, out, limit, None if ceiling is None else int(ceiling * 2**30))
     else:
         ctx.cluster.statistics(path, tensors, cap, name, limit, f"statistics {name}").save(out)
 
 
 def collect_isolated(
-    path: Path, tensors: list[str], cap: Capture, name: str, out: Path, limit: int | None = None
+    path: Path,
+    tensors: list[str],
+    cap: Capture,
+    name: str,
+    out: Path,
+    limit: int | None = None,
+    max_bytes: int | None = None,
 ) -> None:
-    """Statistics of ``name`` into ``out``, collected in a child process (``limit``: UNet calls used).
+    """Statistics of ``name`` into ``out``, collected in a child process (``limit``: UNet calls used;
+    ``max_bytes``: the child's memory ceiling, None: what the system has free, see
+    :func:`edgeq.calibrate.collect.plan_parts`).
 
     ONNX Runtime's session for the augmented graph holds the weights plus every requested activation
     of one call (7.4 GB on the SD1.5 UNet). In one process that memory is not all given back, and
@@ -206,6 +231,6 @@ def collect_isolated(
     from edgeq.isolate import run_isolated
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    run_isolated(f"statistics of {name}", _collect_to_file, path, tensors, cap, name, out, limit)
+    run_isolated(f"statistics of {name}", _collect_to_file, path, tensors, cap, name, out, limit, max_bytes)
     if not out.is_file():
         raise RuntimeError(f"statistics of {name}: the child process wrote no {out}")

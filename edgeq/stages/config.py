@@ -49,6 +49,7 @@ class BuildOptions:
     onnx_only: bool = False  # engine targets (TensorRT): stop at the engine-ready ONNX and its checks
     cpu: str | None = None  # CPU targets: the int8 kernel family to build for (None: the profile's [cpu] family)
     cluster: str | None = None  # capture and statistics on Ray: "ray" (local) or an address; None: this process
+    max_memory_gb: float | None = None  # statistics split their passes to stay under it; None: what is free
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -88,6 +89,7 @@ class BuildPlan:
     groups_reason: str = ""  # why ``groups`` differs from what was asked, if it does
     height: int | None = None  # image pixels; None: the model's resolution
     width: int | None = None
+    max_memory_gb: float | None = None  # the statistics' memory ceiling (None: what the system has free)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +128,11 @@ def resolve(opts: BuildOptions):
     _at_least("num-calib", opts.num_calib, 1)
     _at_least("num-heldout", opts.num_heldout, 1)
     _at_least("steps", opts.steps, 1)
+    if opts.max_memory_gb is not None and opts.max_memory_gb < 1:
+        raise EdgeqError(
+            f"--max-memory {opts.max_memory_gb} GB is too little for any model",
+            "give the build's memory ceiling in GB, e.g. --max-memory 20",
+        )
     if opts.guidance is not None and opts.guidance < 0:
         raise EdgeqError(f"--guidance must be at least 0, got {opts.guidance}")
     height = opts.height or profile.export.height
@@ -186,6 +193,7 @@ def resolve(opts: BuildOptions):
         groups_reason=groups_reason,
         height=height,
         width=width,
+        max_memory_gb=opts.max_memory_gb,
     )
     return profile, source, plan
 
