@@ -152,3 +152,39 @@ def test_vnni_openvino_flavour_and_float_attention_probs(tiny_exports):
     inputs = {i.name: i for i in sess.get_inputs()}
     feeds = {k: v for k, v in feeds.items() if k in inputs}
     assert np.isfinite(sess.run(None, feeds)[0]).all()
+
+
+@pytest.mark.parametrize(
+    "profile,family",
+    [
+        ("ort-cpu", None),
+        ("openvino", "x86-vnni"),
+        ("openvino", "x86-novnni"),
+        ("ort-mobile", None),
+        ("ort-mobile-qnn", None),
+        ("tensorrt", None),
+    ],
+)
+def test_group_graph_derived_from_the_shared_one_is_what_ort_writes(tiny_exports, profile, family):
+    """A group's Q/DQ graph derived from the shared one (ORT's activation scales for the group's ranges,
+    int32 biases by ORT's formula, no weights quantized again) is byte for byte what ORT's quantizer
+    writes for those ranges, in every shipped profile's flavour; where a bias would overflow int32 (ORT
+    then raises the weight's scale), no graph is derived."""
+    from edgeq.quantize.insert import group_model
+
+    path = tiny_exports["sd15"] / "unet" / "model.onnx"
+    policy = load_profile(profile).policy("unet")
+    policy = policy.for_family(family) if family else policy
+    graph = onnx.load(str(path)).graph
+    decisions = decide(graph, policy)
+    tensors = tensors_to_calibrate(graph, decisions, policy)
+    shared_r, group_r = _ranges(tensors, 2.0), _ranges(tensors, 0.3)
+    shared = quantize_graph(path, decisions, policy, shared_r)
+    derived = group_model(shared, path, decisions, policy, shared_r, group_r)
+    direct = quantize_graph(path, decisions, policy, group_r)
+    assert derived is not None
+    assert derived.SerializeToString() == direct.SerializeToString()
+    assert derived.SerializeToString() != shared.SerializeToString()
+    if any(n.op_type == "Conv" and len(n.input) > 2 for n in direct.graph.node) and policy.quantize_bias:
+        tiny = {t: (lo * 1e-12, hi * 1e-12) for t, (lo, hi) in group_r.items()}  # biases overflow int32
+        assert group_model(shared, path, decisions, policy, shared_r, tiny) is None

@@ -5,8 +5,9 @@ calibrator); edgeq hands it the ranges from its streaming, timestep-grouped stat
 list from the profile's policy, so ORT's memory-hungry calibrator never runs.
 
 Per-group graphs differ only in activation scales, zero points and the int32 biases that depend on
-them: each is quantized by ORT, and their identical int8 weights are stored once (see
-:func:`save_group_graphs`).
+them: each is derived from the shared graph with ORT's own scale computation and bias formula, byte
+for byte what ORT's quantizer writes (:func:`group_model`; the quantizer runs again where a weight's
+scale would change), and their identical int8 weights are stored once (see :func:`save_group_graphs`).
 """
 
 from __future__ import annotations
@@ -38,11 +39,24 @@ def quantize_graph(
     fp32_path: Path, decisions: list[Decision], policy: ComponentPolicy, ranges: dict[str, tuple[float, float]]
 ) -> onnx.ModelProto:
     """The Q/DQ model for one set of activation ranges."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
-    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-    model = load_model_with_shape_infer(fp32_path)
+    q = _quantizer(load_model_with_shape_infer(fp32_path), decisions, policy, ranges)
+    q.quantize_model()
+    out = q.model.model
+    quantized = {d.node for d in decisions if d.quantized}
+    _float_consumers_read_float(out, quantized, policy.output_quantization)
+    if policy.attention_probs == "float":
+        _float_attention_probs(out, quantized)
+    out.producer_name = "edgeq"
+    return out
+
+
+def _quantizer(model: onnx.ModelProto, decisions: list[Decision], policy: ComponentPolicy, ranges: dict):
+    """ONNX Runtime's ``QDQQuantizer`` for ``model`` with edgeq's settings and ``ranges``."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
     data = {
         t: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
         for t, (lo, hi) in ranges.items()
@@ -57,7 +71,7 @@ def quantize_graph(
     }
     if policy.per_channel and policy.per_channel_op_types:
         extra["TensorQuantOverrides"] = _per_tensor_weights(model, decisions, policy)
-    q = QDQQuantizer(
+    return QDQQuantizer(
         model,
         policy.per_channel,
         policy.weight_bits == 7,  # reduce_range: weights within +-64 (activations keep 8 bits in QDQ)
@@ -69,14 +83,6 @@ def quantize_graph(
         list(policy.op_types),
         extra,
     )
-    q.quantize_model()
-    out = q.model.model
-    quantized = {d.node for d in decisions if d.quantized}
-    _float_consumers_read_float(out, quantized, policy.output_quantization)
-    if policy.attention_probs == "float":
-        _float_attention_probs(out, quantized)
-    out.producer_name = "edgeq"
-    return out
 
 
 def _per_tensor_weights(model: onnx.ModelProto, decisions: list[Decision], policy: ComponentPolicy) -> dict:
@@ -200,11 +206,103 @@ def weight_summary(model: onnx.ModelProto) -> list[dict]:
     return out
 
 
+def group_model(
+    shared: onnx.ModelProto,
+    fp32_path: Path,
+    decisions: list[Decision],
+    policy: ComponentPolicy,
+    shared_ranges: dict[str, tuple[float, float]],
+    ranges: dict[str, tuple[float, float]],
+) -> onnx.ModelProto | None:
+    """The Q/DQ model ONNX Runtime's quantizer makes for ``ranges``, derived from ``shared`` (its
+    model for ``shared_ranges``) without quantizing the weights again; None where it cannot be.
+
+    A group's graph differs from the shared one only in numbers that follow from the activation
+    ranges: each activation's scale and zero point, which ORT's own ``QDQQuantizer`` computes here
+    (``quantization_params``, no weights touched), and each int32 bias, quantized with ORT's formula
+    (``round(bias / (input_scale * weight_scale))``, clipped to int32). ORT's quantizer also raises a
+    weight's scale where a bias would not fit in int32 at that input scale; where that could happen
+    in this group or did in the shared graph (any bias within 0.1% of the limit), the weights would
+    differ: None, and the caller runs the quantizer. The derived graph is byte for byte what the
+    quantizer writes (``tests/test_quantize.py``); at SDXL size it takes seconds where the quantizer
+    takes 4-6 minutes.
+    """
+    import copy
+
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    bare = onnx.load(str(fp32_path), load_external_data=False)
+    q = _quantizer(onnx.shape_inference.infer_shapes(bare), decisions, policy, ranges)
+    qs = _quantizer(onnx.shape_inference.infer_shapes(bare), decisions, policy, shared_ranges)
+    params = {t: p.original for t, p in q.quantization_params.items()}
+    old = {t: p.original for t, p in qs.quantization_params.items()}
+    if any(p.converted is not None for p in q.quantization_params.values()):
+        return None
+    inits = {i.name: i for i in shared.graph.initializer}
+    prod = {o: n for n in shared.graph.node for o in n.output}
+    new: dict[str, np.ndarray] = {}
+    for t, p in params.items():
+        if f"{t}_scale" in inits:
+            new[f"{t}_scale"] = np.asarray(p["scale"])
+            new[f"{t}_zero_point"] = np.asarray(p["zero_point"])
+    fp32_inits = {i.name: i for i in bare.graph.initializer}
+    limit = np.float64(np.iinfo(np.int32).max) - np.float64(np.iinfo(np.int32).min + 1)
+    for n in shared.graph.node:
+        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3:
+            continue
+        bias_dq = prod.get(n.input[2])
+        if bias_dq is None or bias_dq.op_type != "DequantizeLinear" or bias_dq.input[0] not in inits:
+            continue
+        qname = bias_dq.input[0]
+        if inits[qname].data_type != onnx.TensorProto.INT32 or not qname.endswith("_quantized"):
+            return None
+        x_dq, w_dq = prod.get(n.input[0]), prod.get(n.input[1])
+        x_q = prod.get(x_dq.input[0]) if x_dq is not None and x_dq.op_type == "DequantizeLinear" else None
+        if x_q is None or x_q.op_type != "QuantizeLinear" or w_dq is None or w_dq.input[1] not in inits:
+            return None
+        tensor = x_q.input[0]
+        bias_name = qname[: -len("_quantized")]
+        if tensor not in params or tensor not in old or bias_name not in fp32_inits or n.op_type == "Gemm":
+            return None  # Gemm's alpha/beta scale the bias: not derived here
+        bias_tp = copy.deepcopy(fp32_inits[bias_name])
+        if bias_tp.data_location == onnx.TensorProto.EXTERNAL:
+            load_external_data_for_tensor(bias_tp, str(Path(fp32_path).parent))
+        bias = numpy_helper.to_array(bias_tp)
+        if bias.dtype != np.float32:
+            return None
+        w_scale = numpy_helper.to_array(inits[w_dq.input[1]])
+        smallest = 1.0001 * 2.0 * (np.abs(bias) if w_scale.size > 1 else np.abs(bias).max()) / limit
+        in_scale = new[f"{tensor}_scale"]  # ORT reads it back from the scale initializer it wrote
+        for scale in (in_scale, old[tensor]["scale"]):
+            candidate = np.float64(np.asarray(scale).item()) * w_scale.astype(np.float64)
+            if np.any(candidate < smallest * 1.001):  # ORT adjusts (or did adjust) this weight's scale
+                return None
+        bias_scale = in_scale * w_scale * 1.0
+        quantized = (bias.astype(np.float64) / np.asarray(bias_scale, np.float64)).round()
+        quantized = np.clip(quantized, np.float64(np.iinfo(np.int32).min), np.float64(np.iinfo(np.int32).max))
+        new[qname] = quantized.astype(np.int32).reshape(bias.shape)
+        new[bias_dq.input[1]] = np.asarray(bias_scale, dtype=bias.dtype).reshape(-1)
+    model = copy.deepcopy(shared)
+    for init in model.graph.initializer:
+        if init.name in new:
+            value = new[init.name]
+            if value.dtype != numpy_helper.to_array(init).dtype:
+                return None
+            if init.raw_data:  # written as ORT wrote it: raw bytes, or the typed fields
+                init.CopyFrom(numpy_helper.from_array(value.reshape(tuple(init.dims)), init.name))
+            else:
+                init.CopyFrom(
+                    onnx.helper.make_tensor(init.name, init.data_type, list(init.dims), value.ravel().tolist())
+                )
+    return model
+
+
 def save_group_graphs(make_model, n_groups: int, folder: Path, stem: str = "model") -> list[str]:
     """Group graphs sharing one weights file: ``model.g0.onnx`` ... and ``model.onnx_data``.
 
-    ``make_model(g)`` returns group g's Q/DQ model, quantized by ORT itself, so activation scales and
-    the int32 biases that depend on them are exactly what ORT computes. Group 0 is saved with its
+    ``make_model(g)`` returns group g's Q/DQ model, as ORT's quantizer writes it (or derived to the
+    same bytes, :func:`group_model`), so activation scales and the int32 biases that depend on them
+    are exactly what ORT computes. Group 0 is saved with its
     tensors in the weights file; in every other group, a tensor byte-identical to group 0's (all
     the int8 weights) points at the same bytes of that file, and only tensors that differ (biases,
     scales) are stored in the group's own graph.

@@ -178,19 +178,27 @@ def quantize_unet(ctx: Context, cal: ComponentStats, cap: Capture, log=print) ->
 
     def make(tmp: Path) -> None:
         from edgeq.progress import progress
+        from edgeq.quantize.insert import group_model
 
-        # a bar over the graphs ONNX Runtime's quantizer writes: at SDXL size each takes minutes
+        # a bar over the graphs: ONNX Runtime's quantizer takes minutes at SDXL size for the shared
+        # one; the groups' are derived from it (seconds), or quantized again where they cannot be
         n = 1 + (len(groups) if len(groups) > 1 else 0)
         ticks = progress(range(n), desc="Q/DQ unet", unit="graph", knob="--groups")
         next(ticks)
         write_qdq(fp32, decisions, cal.policy, shared, tmp / "shared" / "model.onnx")
         if len(groups) > 1:
+            base = onnx.load(str(tmp / "shared" / "model.onnx"), load_external_data=True)
 
             def group_graph(g: int):
                 next(ticks)
-                return qdq_model(fp32, decisions, cal.policy, per_group[g], tmp / ".scratch")
+                model = group_model(base, fp32, decisions, cal.policy, shared, per_group[g])
+                if model is None:
+                    log(f"Q/DQ unet: group {g}'s graph quantized again (a bias at the int32 limit)")
+                    return qdq_model(fp32, decisions, cal.policy, per_group[g], tmp / ".scratch")
+                return model
 
             save_group_graphs(group_graph, len(groups), tmp / "per-group")
+            del base
         for _ in ticks:  # closes the bar
             pass
 
