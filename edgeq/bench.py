@@ -56,8 +56,9 @@ def feeds_for(manifest: dict[str, Any], info: dict[str, Any], seed: int = 0) -> 
     return out
 
 
-def _runner(build: Path, manifest: dict[str, Any], component: str, variant: str):
-    """The component's runner in the build, or its FP32 source graph on the same runtime."""
+def _runner(build: Path, manifest: dict[str, Any], component: str, variant: str, float_precision: str | None = None):
+    """The component's runner in the build, or its FP32 source graph on the same runtime
+    (``float_precision``: the runtime's precision hint for it, where it has one)."""
     from edgeq.runtime.pipeline import default_runner
     from edgeq.targets import for_manifest
 
@@ -70,7 +71,8 @@ def _runner(build: Path, manifest: dict[str, Any], component: str, variant: str)
     if not src.is_dir():
         raise EdgeqError(f"the FP32 source of {build} ({src}) is gone", "rebuild, which re-exports it into the cache")
     info = read_manifest(src)["components"][component]
-    return (target.float_runner(src / info["path"], manifest) or default_runner(src, info)), info
+    runner = target.float_runner(src / info["path"], manifest, float_precision)
+    return (runner or default_runner(src, info)), info
 
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +97,7 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
 
         x = None
     else:
-        runner, info = _runner(build, manifest, args["component"], args["variant"])
+        runner, info = _runner(build, manifest, args["component"], args["variant"], args.get("float_precision"))
         load_s = time.perf_counter() - t0
         x = feeds_for(manifest, info)
         call = runner.run
@@ -116,9 +118,12 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def measure(build: Path, component: str, variant: str, repeats: int, warmup: int) -> dict[str, Any]:
+def measure(
+    build: Path, component: str, variant: str, repeats: int, warmup: int, float_precision: str | None = None
+) -> dict[str, Any]:
     """One measurement in a fresh interpreter (clean peak memory)."""
     args = {"build": str(build), "component": component, "variant": variant, "repeats": repeats, "warmup": warmup}
+    args["float_precision"] = float_precision
     code = "import sys; from edgeq.bench import _child_main; _child_main(sys.argv[1])"
     r = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
     line = next((x for x in r.stdout.splitlines()[::-1] if x.startswith(("RESULT ", "USER-ERROR "))), None)
@@ -142,10 +147,33 @@ def _component_bytes(manifest: dict[str, Any], component: str) -> int:
     return sum(a["bytes"] for p, a in manifest["artifacts"].items() if p.startswith(component + "/"))
 
 
-def bench(build: Path, repeats: int = 20, warmup: int = 3, pipeline: bool = True, log=print) -> dict[str, Any]:
+FLOAT_PRECISIONS = ("f32", "bf16", "f16")
+
+
+def bench(
+    build: Path,
+    repeats: int = 20,
+    warmup: int = 3,
+    pipeline: bool = True,
+    log=print,
+    float_precision: str | None = None,
+) -> dict[str, Any]:
+    """``float_precision``: the OpenVINO precision hint of the FP32 baseline (default f32; bf16 where
+    the CPU has it is OpenVINO's own default, and the fastest float it runs there)."""
     from edgeq.manifest import library_versions
 
     manifest = read_manifest(build)
+    if float_precision is not None:
+        if float_precision not in FLOAT_PRECISIONS:
+            raise EdgeqError(
+                f"--float-precision {float_precision!r} is not one of {', '.join(FLOAT_PRECISIONS)}",
+                "give f32, bf16 or f16",
+            )
+        if manifest.get("target") != "openvino":
+            raise EdgeqError(
+                f"--float-precision: {build} is a {manifest.get('target')} build, whose runtime has no precision hint",
+                "leave --float-precision out (it is for openvino builds)",
+            )
     if manifest.get("kind") != "int8":
         raise EdgeqError(
             f"{build} is an FP32 export", "bench a folder made by `edgeq build`; its FP32 source comes along"
@@ -161,7 +189,7 @@ def bench(build: Path, repeats: int = 20, warmup: int = 3, pipeline: bool = True
             n = max(1, repeats // 10) if comp == "pipeline" else repeats
             w = 1 if comp == "pipeline" else warmup
             log(f"bench {comp} ({variant}): {w} warm-up + {n} calls ...")
-            row[variant] = measure(build, comp, variant, n, w)
+            row[variant] = measure(build, comp, variant, n, w, float_precision if variant == "fp32" else None)
         if comp != "pipeline":
             row["fp32"]["bytes"] = _component_bytes(src_manifest, comp)
             row["build"]["bytes"] = _component_bytes(manifest, comp)
@@ -174,7 +202,7 @@ def bench(build: Path, repeats: int = 20, warmup: int = 3, pipeline: bool = True
         "model": manifest["model"]["name"],
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": _cpus()},
         "versions": library_versions(),
-        "settings": {"repeats": repeats, "warmup": warmup},
+        "settings": {"repeats": repeats, "warmup": warmup, "float_precision": float_precision},
         "components": rows,
     }
 
@@ -189,7 +217,12 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['model']} -> {result['target']}: median / min / max ms over "
         f"{result['settings']['repeats']} calls after {result['settings']['warmup']} warm-up "
-        f"({result['machine']['processor']}, {result['machine']['cpus']} CPUs)",
+        f"({result['machine']['processor']}, {result['machine']['cpus']} CPUs)"
+        + (
+            f"; FP32 with OpenVINO's {result['settings']['float_precision']} precision hint"
+            if result["settings"].get("float_precision")
+            else ""
+        ),
         "",
         "| component | FP32 ms (median / min / max) | build ms (median / min / max) | speed-up | FP32 peak GB | build peak GB | FP32 MB | build MB |",
         "|---|---|---|---|---|---|---|---|",

@@ -173,3 +173,20 @@ def test_precision_hint_measured_on_the_build(ov_build):
     assert "ran no layer in bf16" in decide(f, hm("bf16", 0.5, (30.0, 40.0), bf16_layers=0))[1]
     # the worst call barely moves, but the best one loses 2 dB: the kernel gate would see it, so f32
     assert "a call loses 2.00 dB" in decide(f, hm("bf16", 0.5, (30.0, 38.0)))[1]
+
+
+def test_bench_float_baseline_with_a_precision_hint(ov_build, target_build, tmp_path):
+    """edgeq bench --float-precision: the FP32 baseline of an openvino build with that OpenVINO hint
+    (recorded and printed); refused before any work for a runtime without hints, and for an unknown hint."""
+    out, _ = ov_build
+    dest = tmp_path / "bench.json"
+    r = cli("bench", str(out), "--repeats", "2", "--warmup", "1", "--no-pipeline", "--float-precision", "bf16",
+            "--out", str(dest))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(dest.read_text())
+    assert res["settings"]["float_precision"] == "bf16" and "bf16 precision hint" in r.stdout
+    assert all(row["speedup"] > 0 for row in res["components"].values())
+    r = cli("bench", str(out), "--float-precision", "f64")
+    assert r.returncode == 2 and "is not one of f32, bf16, f16" in r.stderr
+    r = cli("bench", str(target_build("ort-cpu")[0]), "--float-precision", "bf16")
+    assert r.returncode == 2 and "whose runtime has no precision hint" in r.stderr and "Traceback" not in r.stderr

@@ -276,3 +276,43 @@ def test_bench_reports_latency_memory_and_size_next_to_fp32(tiny_build, tmp_path
     assert "| unet |" in dest.with_suffix(".md").read_text() and "| unet |" in r.stdout
     r = cli("bench", str(out), "--repeats", "0")
     assert r.returncode == 2 and "--repeats must be at least 1" in r.stderr
+
+
+def test_statistics_collected_during_the_capture_equal_those_collected_after(tiny_exports, tmp_path):
+    """The calibration capture collects the UNet statistics on the calls they use, as it runs them
+    (no second pass of the FP32 UNet): the histograms are exactly those of the separate pass over the
+    captured calls, and the trajectories are the plain capture's (to float rounding)."""
+    import onnx
+
+    from edgeq.calibrate.collect import CaptureStats, collect
+    from edgeq.profiles import load_profile
+    from edgeq.quantize.policy import decide, tensors_to_calibrate
+
+    path = tiny_exports["sd15"] / "unet" / "model.onnx"
+    policy = load_profile("ort-cpu").policy("unet")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tensors = tensors_to_calibrate(graph, decide(graph, policy), policy)
+    settings = CaptureSettings(("a red cat", "a blue dog", "a green house"), 0, 3, 5.0, "ddim")
+    plain = capture(tiny_exports["sd15"], tmp_path / "plain", settings)
+    chosen = set(plain.calls(5))
+    taps: list[CaptureStats] = []
+
+    def tap(steps: int) -> CaptureStats:
+        taps.append(CaptureStats(path, tensors, chosen, steps))
+        return taps[-1]
+
+    cap = capture(tiny_exports["sd15"], tmp_path / "fused", settings, tap=tap)
+    assert len(taps) == 1 and taps[0].complete and taps[0].folded == chosen
+    after = collect(path, tensors, lambda: ((s.step, s.feeds) for s in cap.unet_samples(5)), list(cap.timesteps), 5)
+    during = taps[0].stats
+    assert during.timesteps == list(cap.timesteps)
+    for t in tensors:
+        for a, b in zip(after.hists[t], during.hists[t]):
+            assert np.array_equal(a.counts, b.counts) and (a.lo, a.hi, a.n, a.exp) == (b.lo, b.hi, b.n, b.exp)
+    for a, b in zip(plain.unet_samples(), cap.unet_samples()):
+        np.testing.assert_allclose(a.reference, b.reference, rtol=1e-4, atol=1e-5)
+    # a capture that resumes (a shard already there) runs the plain UNet: the tap is not used
+    (tmp_path / "fused" / "shard-00002.npz").unlink()
+    taps.clear()
+    capture(tiny_exports["sd15"], tmp_path / "fused", settings, tap=tap)
+    assert taps == []

@@ -128,13 +128,22 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def capture(
-    build: Path, folder: Path, settings: CaptureSettings, desc: str = "capture", cluster=None, on_first=None
+    build: Path,
+    folder: Path,
+    settings: CaptureSettings,
+    desc: str = "capture",
+    cluster=None,
+    on_first=None,
+    tap=None,
 ) -> Capture:
     """Capture trajectories of the FP32 build at ``build`` into ``folder`` (resuming if possible);
     ``cluster`` (:class:`edgeq.stages.cluster.RayCluster`): one task per missing shard there.
     ``on_first(seconds)``: called once, right after the first FP32 UNet call captured here, with that
-    call's time (so a long build's estimate comes seconds into it, not after a whole prompt)."""
-    from edgeq.runtime.pipeline import Pipeline
+    call's time (so a long build's estimate comes seconds into it, not after a whole prompt).
+    ``tap(steps)``: where every prompt is captured here, in this process, a runner to run as the
+    UNet (:class:`edgeq.calibrate.collect.CaptureStats`, the statistics collected on the way; it is
+    told each prompt's start), given the number of denoising steps."""
+    from edgeq.runtime.pipeline import Pipeline, default_runner
 
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / INDEX
@@ -153,10 +162,24 @@ def capture(
         todo = []
         for f in folder.glob(".shard-*.npz"):  # half-written by a worker that died (its task was retried)
             f.unlink(missing_ok=True)
-    pipe = Pipeline(build) if todo else None  # a full-size FP32 pipeline holds gigabytes: load only to capture
+    unet = None
+    if tap is not None and todo and len(todo) == len(settings.prompts):
+
+        def runner(b: Path, info: dict):
+            nonlocal unet
+            if not str(info.get("path", "")).startswith("unet/"):
+                return default_runner(b, info)
+            unet = tap(len(_timesteps(b, settings)))
+            return unet
+
+        pipe = Pipeline(build, runners={"onnxruntime": runner})
+    else:
+        pipe = Pipeline(build) if todo else None  # a full-size FP32 pipeline holds gigabytes: load only to capture
     knob = "--num-calib" if "calib" in desc else "--num-heldout"
     for k, i in enumerate(progress(todo, desc=desc, unit="prompt", knob=knob, disable=not todo)):
         assert pipe is not None
+        if unet is not None:
+            unet.begin(i)
         capture_shard(pipe, settings, i, folder, on_first_call=on_first if k == 0 else None)
     if pipe is not None:  # the FP32 pipeline's sessions (14 GB at SDXL size): gone before the next stage
         from edgeq.runtime.sessions import release_memory
@@ -167,6 +190,18 @@ def capture(
     timesteps = [float(t) for t in first["timesteps"]]
     write_json(index_path, {"settings": want, "complete": True, "timesteps": timesteps})
     return Capture(folder, settings, tuple(timesteps))
+
+
+def _timesteps(build: Path, settings: CaptureSettings) -> list[float]:
+    """The denoising timesteps the capture's scheduler runs at its step count."""
+    from edgeq.manifest import read_manifest
+    from edgeq.runtime.schedulers import make_scheduler
+
+    manifest = read_manifest(build)
+    config = json.loads((build / manifest["scheduler_config"]).read_text())
+    sched = make_scheduler(settings.scheduler, config, manifest["pipeline"]["prediction_type"])
+    sched.set_timesteps(settings.steps)
+    return [float(t) for t in sched.timesteps]
 
 
 def capture_shard(pipe, settings: CaptureSettings, i: int, folder: Path, on_first_call=None) -> None:

@@ -347,3 +347,64 @@ def _batch_items(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
 
 
 __all__ = ["BINS", "Stats", "collect"]
+
+
+class CaptureStats:
+    """The FP32 UNet of a calibration capture that also collects the statistics: a runner (``run``)
+    that runs the graph with the calibrated tensors as extra outputs on the calls the statistics use,
+    and folds them into per-step histograms as the capture goes, so the statistics cost no second
+    pass of the FP32 UNet over the captured calls.
+
+    ``chosen``: the (prompt, step) calls the statistics use; ``begin(prompt)`` before each prompt's
+    trajectory (steps are counted from there). The first chosen call checks the memory ceiling
+    (:func:`plan_parts`); where the tensors would need more than one pass, or a prompt's trajectory is
+    not run here in full, the statistics are not complete (``complete`` False) and the caller collects
+    them in the usual way, from the captured calls.
+    """
+
+    def __init__(self, path: Path, tensors: list[str], chosen: set[tuple[int, int]], steps: int, max_bytes=None):
+        self.session = augmented_session(path, tensors)
+        self.outputs = [o.name for o in self.session.get_outputs() if o.name not in set(tensors)]
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.tensors = list(tensors)
+        self.chosen = set(chosen)
+        self.split = dynamic_batch(self.session)
+        self.max_bytes = max_bytes
+        self.stats = Stats(self.tensors, [0.0] * steps, {t: [Hist.empty() for _ in range(steps)] for t in tensors})
+        self.folded: set[tuple[int, int]] = set()
+        self.fits: bool | None = None  # decided on the first chosen call
+        self.prompt, self.step = -1, 0
+
+    def begin(self, prompt: int) -> None:
+        self.prompt, self.step = prompt, 0
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        given = {k: v for k, v in feeds.items() if k in self.input_names}
+        call = (self.prompt, self.step)
+        self.step += 1
+        if call in self.chosen and self.fits is None:
+            self.fits = len(plan_parts(self.session, self.tensors, [(0, given)], self.max_bytes)) == 1
+        if call not in self.chosen or not self.fits:
+            return dict(zip(self.outputs, self.session.run(self.outputs, given)))
+        step = call[1]
+        self.stats.timesteps[step] = float(given["timestep"])
+        outs: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for item in _batch_items(given) if self.split else [given]:
+            res = self.session.run(self.outputs + self.tensors, item)
+            for k in range(len(self.outputs)):
+                outs[k].append(res[k])
+            for name, arr in zip(self.tensors, res[len(self.outputs) :]):
+                try:
+                    self.stats.hists[name][step].add(arr)
+                except FloatingPointError:
+                    raise EdgeqError(
+                        f"tensor {name} holds NaN or Inf at step {step} during calibration",
+                        "the FP32 model itself produces non-finite values: check the export",
+                    ) from None
+            del res
+        self.folded.add(call)
+        return {n: np.concatenate(o) if len(o) > 1 else o[0] for n, o in zip(self.outputs, outs)}
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.fits) and self.folded == self.chosen

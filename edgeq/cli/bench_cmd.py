@@ -12,6 +12,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-pipeline", action="store_true", help="skip the whole text-to-image run")
     p.add_argument("--out", type=Path, help="JSON file for the figures (default BUILD_DIR/bench.json)")
+    p.add_argument(
+        "--float-precision",
+        help="openvino builds: the precision hint of the FP32 baseline, f32 (default), bf16 (OpenVINO's own "
+        "default where the CPU has it) or f16",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1 or args.warmup < 0:
         raise EdgeqError("--repeats must be at least 1 and --warmup at least 0")
-    result = bench(args.build, args.repeats, args.warmup, pipeline=not args.no_pipeline)
+    result = bench(
+        args.build, args.repeats, args.warmup, pipeline=not args.no_pipeline, float_precision=args.float_precision
+    )
     text = table(result)
     print(text)
     out = args.out or args.build / "bench.json"

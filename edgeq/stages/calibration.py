@@ -30,22 +30,91 @@ def capture_set(ctx: Context, which: str) -> Capture:
     settings = CaptureSettings(
         tuple(ctx.prompts(which)), seed, steps, p["guidance"], p["scheduler"], source=ctx.export.key
     )
+    folder = ctx.stages.path(f"capture-{which}", asdict(settings))
+    fused = unet_stats_during_capture(ctx, folder, settings) if which == "calibration" else None
+    taps: list = []
+
+    def tap(n_steps: int):
+        from edgeq.calibrate.collect import CaptureStats
+
+        assert fused is not None
+        taps.append(CaptureStats(fused[1], list(fused[2]), fused[3], n_steps, max_bytes(ctx)))
+        return taps[-1]
+
     with ctx.stages.timed(f"capture_{which}_s"):
-        return capture(
+        cap = capture(
             ctx.export.folder,
-            ctx.stages.path(f"capture-{which}", asdict(settings)),
+            folder,
             settings,
             f"capture {which}",
             ctx.cluster,
-            on_first=(lambda s: ctx.stages.log(build_estimate(ctx, s, steps))) if which == "calibration" else None,
+            on_first=(lambda s: ctx.stages.log(build_estimate(ctx, s, steps, fused is not None)))
+            if which == "calibration"
+            else None,
+            tap=tap if fused is not None else None,
         )
+        if fused is not None and taps and taps[0].complete:
+            stats = taps[0].stats
+            stats.timesteps = list(cap.timesteps)
+            dst = fused[0]
+            tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
+            stats.save(tmp)
+            tmp.replace(dst)
+            ctx.stages.log(f"statistics unet: {len(taps[0].folded)} calls collected during the capture")
+        elif fused is not None and taps:
+            ctx.stages.log(
+                "statistics unet: not collected during the capture (over the memory ceiling); collected next"
+            )
+        del taps[:]
+    return cap
+
+
+def max_bytes(ctx: Context) -> int | None:
+    """The statistics' memory ceiling in bytes (``--max-memory``; None: what the system has free)."""
+    return None if ctx.plan.max_memory_gb is None else int(ctx.plan.max_memory_gb * 2**30)
+
+
+def unet_stats_key(ctx: Context, folder: Path, n_calls: int, tensors: tuple[str, ...]) -> tuple:
+    """The inputs the UNet statistics file is cached by (``n_calls``: calls the capture holds)."""
+    limit = ctx.plan.calib_calls
+    if limit is not None and limit >= n_calls:
+        limit = None
+    return (str(folder), tensors, ctx.export.key, limit, None), limit
+
+
+def unet_stats_during_capture(ctx: Context, folder: Path, settings: CaptureSettings):
+    """Whether the calibration capture also collects the UNet statistics, and if so (their file, the
+    graph, the tensors, the (prompt, step) calls they use): where the capture runs here in full (no
+    cluster, no shard cached), the profile quantizes the UNet on the exported graph (no SmoothQuant
+    copy) and the statistics are not cached already. Else None: they are collected after it."""
+    import onnx
+
+    from edgeq.calibrate.capture import INDEX, _timesteps
+
+    policy = ctx.profile.policy("unet")
+    if ctx.cluster is not None or policy.mode != "int8" or policy.smoothquant or not ctx.export.has("unet"):
+        return None
+    if (folder / INDEX).is_file() or any(folder.glob("shard-*.npz")):
+        return None
+    path = ctx.export.path("unet")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tensors = tuple(tensors_to_calibrate(graph, list(decide(graph, policy)), policy))
+    n_steps = len(_timesteps(ctx.export.folder, settings))
+    key, limit = unet_stats_key(ctx, folder, len(settings.prompts) * n_steps, tensors)
+    dst = ctx.stages.path("stats-unet", *key, suffix=".npz")
+    if dst.is_file():
+        return None
+    from edgeq.calibrate.capture import Capture
+
+    chosen = set(Capture(folder, settings, tuple(range(n_steps))).calls(limit))
+    return dst, path, tensors, chosen
 
 
 # statistics run the UNet with every calibrated activation as an extra output: slower than a plain call
 STATISTICS_CALL_FACTOR = 1.5
 
 
-def build_estimate(ctx: Context, call: float, steps: int) -> str:
+def build_estimate(ctx: Context, call: float, steps: int, stats_in_capture: bool = False) -> str:
     """What the build's UNet calls will cost, from the first FP32 UNet call of the calibration capture
     (``call`` seconds; printed right after it, before the first prompt is done): each stage's calls
     times that call's time, with the option that sets the count. The first call carries the session's
@@ -59,7 +128,11 @@ def build_estimate(ctx: Context, call: float, steps: int) -> str:
     variants = 1 if p.groups == 1 or p.group_mode == "shared" else 3
     rows = [
         ("capture", (p.num_calib + p.num_heldout) * steps * call, "--num-calib, --num-heldout"),
-        ("statistics", stat_calls * call * STATISTICS_CALL_FACTOR, "--calib-calls"),
+        (
+            "statistics" + (" (during the capture)" if stats_in_capture else ""),
+            stat_calls * call * (STATISTICS_CALL_FACTOR - 1 if stats_in_capture else STATISTICS_CALL_FACTOR),
+            "--calib-calls",
+        ),
         ("UNet checks", p.num_heldout * steps * variants * call, "--num-heldout, --group-mode"),
         ("end-to-end checks", p.num_heldout * steps * call, "--num-heldout"),
     ]
@@ -145,8 +218,8 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentStats
         if name == "text_encoder":
             raise EdgeqError("quantizing the text encoder is not supported yet", 'set [text_encoder] mode = "float"')
         tensors = tuple(tensors_to_calibrate(graph, list(decisions), policy))
-        limit = ctx.plan.calib_calls if name == "unet" else None
-        if limit is not None and limit >= len(cap):
+        key, limit = unet_stats_key(ctx, cap.folder, len(cap), tensors)
+        if name != "unet":
             limit = None
         smoothing = None
         if name == "unet" and policy.smoothquant:
@@ -154,9 +227,7 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentStats
         with ctx.stages.timed(f"statistics_{name}_s"):
             stats_path = ctx.stages.file(
                 f"stats-{name}",
-                str(cap.folder),
-                tensors,
-                ctx.export.key,
+                *key[:3],
                 limit,
                 smoothing,
                 suffix=".npz",
@@ -204,8 +275,7 @@ def collect_stats(
     """Statistics into ``out``: on the build's Ray cluster where it has one, else in a child process.
     Both give the same file contents (histograms merge exactly in any order)."""
     if ctx.cluster is None:
-        ceiling = ctx.plan.max_memory_gb
-        collect_isolated(path, tensors, cap, name, out, limit, None if ceiling is None else int(ceiling * 2**30))
+        collect_isolated(path, tensors, cap, name, out, limit, max_bytes(ctx))
     else:
         ctx.cluster.statistics(path, tensors, cap, name, limit, f"statistics {name}").save(out)
 

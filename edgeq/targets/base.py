@@ -71,8 +71,9 @@ class Target:
         ONNX Runtime's are the pipeline's defaults."""
         return {}
 
-    def float_runner(self, path: Path, manifest: dict[str, Any]):
-        """The FP32 baseline benchmarks compare against on this runtime (None: ONNX Runtime's)."""
+    def float_runner(self, path: Path, manifest: dict[str, Any], precision: str | None = None):
+        """The FP32 baseline benchmarks compare against on this runtime (None: ONNX Runtime's);
+        ``precision``: the runtime's precision hint for it, where it has one."""
         return None
 
     # -- the engine stage (targets that compile on the device) ----------------------------------------

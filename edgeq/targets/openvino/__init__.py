@@ -253,11 +253,14 @@ class OpenVinoTarget(Target):
     def runners(self) -> dict[str, Any]:
         return {"openvino": _runner}
 
-    def float_runner(self, path: Path, manifest: dict[str, Any]):
-        """The same OpenVINO device with the f32 hint (never bf16 by default)."""
+    def float_runner(self, path: Path, manifest: dict[str, Any], precision: str | None = None):
+        """The same OpenVINO device with an explicit hint: f32 unless ``precision`` says otherwise."""
         opts = _options(manifest["components"]["unet"].get("openvino", {}))
         return OpenVinoRunner(
-            path, device=opts["device"], inference_precision="f32", performance_hint=opts["performance_hint"]
+            path,
+            device=opts["device"],
+            inference_precision=precision or "f32",
+            performance_hint=opts["performance_hint"],
         )
 
     def unet_runner(self, ctx, graphs: list[tuple[Path, dict]]):
