@@ -165,7 +165,7 @@ def test_vnni_openvino_flavour_and_float_attention_probs(tiny_exports):
         ("tensorrt", None),
     ],
 )
-def test_group_graph_derived_from_the_shared_one_is_what_ort_writes(tiny_exports, profile, family):
+def test_group_graph_derived_from_the_shared_one_is_what_ort_writes(tiny_exports, profile, family, tmp_path):
     """A group's Q/DQ graph derived from the shared one (ORT's activation scales for the group's ranges,
     int32 biases by ORT's formula, no weights quantized again) is byte for byte what ORT's quantizer
     writes for those ranges, in every shipped profile's flavour; where a bias would overflow int32 (ORT
@@ -185,6 +185,12 @@ def test_group_graph_derived_from_the_shared_one_is_what_ort_writes(tiny_exports
     assert derived is not None
     assert derived.SerializeToString() == direct.SerializeToString()
     assert derived.SerializeToString() != shared.SerializeToString()
+    if profile == "ort-cpu":  # a graph whose weights are external data, as every large export's are
+        ext = tmp_path / "ext" / "model.onnx"
+        ext.parent.mkdir()
+        onnx.save_model(onnx.load(str(path)), str(ext), save_as_external_data=True, size_threshold=0)
+        again = group_model(shared, ext, decisions, policy, shared_r, group_r)
+        assert again is not None and again.SerializeToString() == direct.SerializeToString()
     if any(n.op_type == "Conv" and len(n.input) > 2 for n in direct.graph.node) and policy.quantize_bias:
         tiny = {t: (lo * 1e-12, hi * 1e-12) for t, (lo, hi) in group_r.items()}  # biases overflow int32
         assert group_model(shared, path, decisions, policy, shared_r, tiny) is None

@@ -231,9 +231,13 @@ def group_model(
 
     from onnx.external_data_helper import load_external_data_for_tensor
 
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
     bare = onnx.load(str(fp32_path), load_external_data=False)
-    q = _quantizer(onnx.shape_inference.infer_shapes(bare), decisions, policy, ranges)
-    qs = _quantizer(onnx.shape_inference.infer_shapes(bare), decisions, policy, shared_ranges)
+    inferred = onnx.shape_inference.infer_shapes(bare)
+    add_infer_metadata(inferred)  # shapes are inferred: ORT's quantizer does not save and reload the graph
+    q = _quantizer(inferred, decisions, policy, ranges)
+    qs = _quantizer(copy.deepcopy(inferred), decisions, policy, shared_ranges)
     params = {t: p.original for t, p in q.quantization_params.items()}
     old = {t: p.original for t, p in qs.quantization_params.items()}
     if any(p.converted is not None for p in q.quantization_params.values()):
