@@ -250,6 +250,7 @@ def group_model(
             new[f"{t}_scale"] = np.asarray(p["scale"])
             new[f"{t}_zero_point"] = np.asarray(p["zero_point"])
     fp32_inits = {i.name: i for i in bare.graph.initializer}
+    fp32_nodes = {n.name: n for n in bare.graph.node}
     limit = np.float64(np.iinfo(np.int32).max) - np.float64(np.iinfo(np.int32).min + 1)
     for n in shared.graph.node:
         if n.op_type not in ("Conv", "Gemm") or len(n.input) < 3:
@@ -266,14 +267,20 @@ def group_model(
             return None
         tensor = x_q.input[0]
         bias_name = qname[: -len("_quantized")]
-        if tensor not in params or tensor not in old or bias_name not in fp32_inits or n.op_type == "Gemm":
-            return None  # Gemm's alpha/beta scale the bias: not derived here
+        if tensor not in params or tensor not in old or bias_name not in fp32_inits or n.name not in fp32_nodes:
+            return None
         bias_tp = copy.deepcopy(fp32_inits[bias_name])
         if bias_tp.data_location == onnx.TensorProto.EXTERNAL:
             load_external_data_for_tensor(bias_tp, str(Path(fp32_path).parent))
         bias = numpy_helper.to_array(bias_tp)
         if bias.dtype != np.float32:
             return None
+        beta = 1.0  # Gemm: ORT folds the node's beta into the bias scale (and sets the node's to 1)
+        for a in fp32_nodes[n.name].attribute if n.op_type == "Gemm" else ():
+            if a.name == "beta":
+                beta = onnx.helper.get_attribute_value(a)
+        if beta == 0:
+            bias, beta = np.zeros_like(bias), 1.0
         w_scale = numpy_helper.to_array(inits[w_dq.input[1]])
         smallest = 1.0001 * 2.0 * (np.abs(bias) if w_scale.size > 1 else np.abs(bias).max()) / limit
         in_scale = new[f"{tensor}_scale"]  # ORT reads it back from the scale initializer it wrote
@@ -281,7 +288,7 @@ def group_model(
             candidate = np.float64(np.asarray(scale).item()) * w_scale.astype(np.float64)
             if np.any(candidate < smallest * 1.001):  # ORT adjusts (or did adjust) this weight's scale
                 return None
-        bias_scale = in_scale * w_scale * 1.0
+        bias_scale = in_scale * w_scale * beta
         quantized = (bias.astype(np.float64) / np.asarray(bias_scale, np.float64)).round()
         quantized = np.clip(quantized, np.float64(np.iinfo(np.int32).min), np.float64(np.iinfo(np.int32).max))
         new[qname] = quantized.astype(np.int32).reshape(bias.shape)
