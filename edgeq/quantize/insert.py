@@ -230,7 +230,6 @@ def group_model(
     import copy
 
     from onnx.external_data_helper import load_external_data_for_tensor
-
     from onnxruntime.quantization.quant_utils import add_infer_metadata
 
     bare = onnx.load(str(fp32_path), load_external_data=False)

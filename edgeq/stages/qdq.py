@@ -193,7 +193,9 @@ def quantize_unet(ctx: Context, cal: ComponentStats, cap: Capture, log=print) ->
                 next(ticks)
                 model = group_model(base, fp32, decisions, cal.policy, shared, per_group[g])
                 if model is None:
-                    log(f"Q/DQ unet: group {g}'s graph quantized by ONNX Runtime again (not derivable: a bias near the int32 limit)")
+                    log(
+                        f"Q/DQ unet: group {g}'s graph quantized by ONNX Runtime again (not derivable: a bias near the int32 limit)"
+                    )
                     return qdq_model(fp32, decisions, cal.policy, per_group[g], tmp / ".scratch")
                 return model
 
