@@ -279,12 +279,14 @@ def test_bench_reports_latency_memory_and_size_next_to_fp32(tiny_build, tmp_path
 
 
 def test_statistics_collected_during_the_capture_equal_those_collected_after(tiny_exports, tmp_path):
-    """The calibration capture collects the UNet statistics on the calls they use, as it runs them
-    (no second pass of the FP32 UNet): the histograms are exactly those of the separate pass over the
-    captured calls, and the trajectories are the plain capture's (to float rounding)."""
+    """The calibration capture runs the UNet as the statistics' augmented graph, one batch item at a
+    time, and folds the calls the statistics use into their histograms as it runs them (no second pass
+    of the FP32 UNet): the histograms are exactly those of the separate pass over the captured calls;
+    the trajectories are the plain capture's to float rounding, and bit for bit the same whether a
+    capture folds statistics or not, or is resumed."""
     import onnx
 
-    from edgeq.calibrate.collect import CaptureStats, collect
+    from edgeq.calibrate.collect import StatsRequest, collect
     from edgeq.profiles import load_profile
     from edgeq.quantize.policy import decide, tensors_to_calibrate
 
@@ -294,25 +296,24 @@ def test_statistics_collected_during_the_capture_equal_those_collected_after(tin
     tensors = tensors_to_calibrate(graph, decide(graph, policy), policy)
     settings = CaptureSettings(("a red cat", "a blue dog", "a green house"), 0, 3, 5.0, "ddim")
     plain = capture(tiny_exports["sd15"], tmp_path / "plain", settings)
-    chosen = set(plain.calls(5))
-    taps: list[CaptureStats] = []
-
-    def tap(steps: int) -> CaptureStats:
-        taps.append(CaptureStats(path, tensors, chosen, steps))
-        return taps[-1]
-
-    cap = capture(tiny_exports["sd15"], tmp_path / "fused", settings, tap=tap)
-    assert len(taps) == 1 and taps[0].complete and taps[0].folded == chosen
+    req = StatsRequest(path, tensors, set(plain.calls(5)))
+    cap = capture(tiny_exports["sd15"], tmp_path / "fused", settings, stats=req)
+    assert req.result is not None
     after = collect(path, tensors, lambda: ((s.step, s.feeds) for s in cap.unet_samples(5)), list(cap.timesteps), 5)
-    during = taps[0].stats
-    assert during.timesteps == list(cap.timesteps)
+    assert req.result.timesteps == list(cap.timesteps)
     for t in tensors:
-        for a, b in zip(after.hists[t], during.hists[t]):
+        for a, b in zip(after.hists[t], req.result.hists[t]):
             assert np.array_equal(a.counts, b.counts) and (a.lo, a.hi, a.n, a.exp) == (b.lo, b.hi, b.n, b.exp)
     for a, b in zip(plain.unet_samples(), cap.unet_samples()):
         np.testing.assert_allclose(a.reference, b.reference, rtol=1e-4, atol=1e-5)
-    # a capture that resumes (a shard already there) runs the plain UNet: the tap is not used
-    (tmp_path / "fused" / "shard-00002.npz").unlink()
-    taps.clear()
-    capture(tiny_exports["sd15"], tmp_path / "fused", settings, tap=tap)
-    assert taps == []
+    # no statistics folded (cached), or a resumed capture: the same trajectories, bit for bit
+    bare = capture(tiny_exports["sd15"], tmp_path / "bare", settings, stats=StatsRequest(path, tensors, set()))
+    shard = tmp_path / "fused" / "shard-00002.npz"
+    before = shard.read_bytes()
+    shard.unlink()
+    req2 = StatsRequest(path, tensors, set(plain.calls(5)))
+    capture(tiny_exports["sd15"], tmp_path / "fused", settings, stats=req2)
+    assert req2.result is None  # resumed: the statistics are collected after it
+    assert shard.read_bytes() == before
+    for a, b in zip(bare.unet_samples(), cap.unet_samples()):
+        assert np.array_equal(a.reference, b.reference) and np.array_equal(a.feeds["sample"], b.feeds["sample"])

@@ -16,7 +16,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -134,16 +134,17 @@ def capture(
     desc: str = "capture",
     cluster=None,
     on_first=None,
-    tap=None,
+    stats=None,
 ) -> Capture:
     """Capture trajectories of the FP32 build at ``build`` into ``folder`` (resuming if possible);
     ``cluster`` (:class:`edgeq.stages.cluster.RayCluster`): one task per missing shard there.
     ``on_first(seconds)``: called once, right after the first FP32 UNet call captured here, with that
     call's time (so a long build's estimate comes seconds into it, not after a whole prompt).
-    ``tap(steps)``: where every prompt is captured here, in this process, a runner to run as the
-    UNet (:class:`edgeq.calibrate.collect.CaptureStats`, the statistics collected on the way; it is
-    told each prompt's start), given the number of denoising steps."""
-    from edgeq.runtime.pipeline import Pipeline, default_runner
+    ``stats`` (:class:`edgeq.calibrate.collect.StatsRequest`): the UNet runs as that augmented graph
+    (:class:`edgeq.calibrate.collect.CaptureStats`, here and on the cluster alike) and, where every
+    prompt is captured in this call, the statistics of its chosen calls are collected on the way into
+    ``stats.result``."""
+    from edgeq.calibrate.collect import CaptureStats, merge_partials
 
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / INDEX
@@ -157,30 +158,24 @@ def capture(
             f.unlink()
     write_json(index_path, {"settings": want, "complete": False})
     todo = [i for i in range(len(settings.prompts)) if not (folder / f"shard-{i:05d}.npz").is_file()]
+    if stats is not None and len(todo) < len(settings.prompts):
+        stats = replace(stats, chosen=set())  # a resumed capture: its statistics are collected after it
+    partials: list = []
     if todo and cluster is not None:
-        cluster.capture(build, folder, settings, todo, desc)
+        partials = cluster.capture(build, folder, settings, todo, desc, stats)
         todo = []
         for f in folder.glob(".shard-*.npz"):  # half-written by a worker that died (its task was retried)
             f.unlink(missing_ok=True)
-    unet = None
-    if tap is not None and todo and len(todo) == len(settings.prompts):
-
-        def runner(b: Path, info: dict):
-            nonlocal unet
-            if not str(info.get("path", "")).startswith("unet/"):
-                return default_runner(b, info)
-            unet = tap(len(_timesteps(b, settings)))
-            return unet
-
-        pipe = Pipeline(build, runners={"onnxruntime": runner})
-    else:
-        pipe = Pipeline(build) if todo else None  # a full-size FP32 pipeline holds gigabytes: load only to capture
+    pipe = capture_pipeline(build, settings, stats) if todo else None  # gigabytes: loaded only to capture
+    unet = pipe.runners["unet"] if pipe is not None else None
     knob = "--num-calib" if "calib" in desc else "--num-heldout"
     for k, i in enumerate(progress(todo, desc=desc, unit="prompt", knob=knob, disable=not todo)):
         assert pipe is not None
-        if unet is not None:
+        if isinstance(unet, CaptureStats):
             unet.begin(i)
         capture_shard(pipe, settings, i, folder, on_first_call=on_first if k == 0 else None)
+    if isinstance(unet, CaptureStats):
+        partials.append(unet.partial())
     if pipe is not None:  # the FP32 pipeline's sessions (14 GB at SDXL size): gone before the next stage
         from edgeq.runtime.sessions import release_memory
 
@@ -189,7 +184,26 @@ def capture(
     first = Capture(folder, settings, ()).load(0)
     timesteps = [float(t) for t in first["timesteps"]]
     write_json(index_path, {"settings": want, "complete": True, "timesteps": timesteps})
+    if stats is not None and partials:
+        merge_partials(stats, partials, timesteps)
     return Capture(folder, settings, tuple(timesteps))
+
+
+def capture_pipeline(build: Path, settings: CaptureSettings, stats=None):
+    """The FP32 pipeline a capture runs: its UNet the statistics' augmented graph (a
+    :class:`edgeq.calibrate.collect.CaptureStats`) where ``stats`` asks for it."""
+    from edgeq.calibrate.collect import CaptureStats
+    from edgeq.runtime.pipeline import Pipeline, default_runner
+
+    if stats is None:
+        return Pipeline(build)
+
+    def runner(b: Path, info: dict):
+        if not str(info.get("path", "")).startswith("unet/"):
+            return default_runner(b, info)
+        return CaptureStats(stats, len(_timesteps(b, settings)))
+
+    return Pipeline(build, runners={"onnxruntime": runner})
 
 
 def _timesteps(build: Path, settings: CaptureSettings) -> list[float]:

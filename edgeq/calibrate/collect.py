@@ -99,9 +99,13 @@ def augmented_model(model_path: Path, tensors: list[str]) -> Path:
 
 
 def augmented_session(model_path: Path, tensors: list[str]):
-    """An ONNX Runtime session of the graph with ``tensors`` as extra outputs (basic optimisations,
-    so the tensors keep their names).
+    """An ONNX Runtime session of the graph with ``tensors`` as extra outputs.
 
+    No graph optimisation: the tensors keep their names, and every node computes the same numbers
+    whichever tensors are outputs (a fusion that an extra output blocks would otherwise change the
+    rounding), so the calibration capture's trajectories do not depend on the target's tensors.
+    ONNX Runtime's default thread count (the machine's cores), on purpose: unfused reductions round
+    differently with another count, and the cluster's workers must compute what one process does.
     No memory arena: each call's requested activations (1.7 GB on SD1.5) are freed after the call
     instead of growing the arena across calls (SD1.5-shaped UNet: 9.1 GB peak over 64 calls with it).
     """
@@ -110,7 +114,7 @@ def augmented_session(model_path: Path, tensors: list[str]):
     aug = augmented_model(Path(model_path), tensors)
     try:
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.enable_cpu_mem_arena = False
         opts.log_severity_level = 3
         return ort.InferenceSession(str(aug), opts, providers=["CPUExecutionProvider"])
@@ -349,28 +353,42 @@ def _batch_items(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
 __all__ = ["BINS", "Stats", "collect"]
 
 
-class CaptureStats:
-    """The FP32 UNet of a calibration capture that also collects the statistics: a runner (``run``)
-    that runs the graph with the calibrated tensors as extra outputs on the calls the statistics use,
-    and folds them into per-step histograms as the capture goes, so the statistics cost no second
-    pass of the FP32 UNet over the captured calls.
+@dataclass
+class StatsRequest:
+    """What a calibration capture runs its UNet as, and which statistics it collects on the way:
+    ``graph`` with ``tensors`` as extra outputs, folded on the (prompt, step) calls in ``chosen``
+    (empty: none); ``result``: the statistics, set by the capture where every chosen call was folded."""
 
-    ``chosen``: the (prompt, step) calls the statistics use; ``begin(prompt)`` before each prompt's
-    trajectory (steps are counted from there). The first chosen call checks the memory ceiling
-    (:func:`plan_parts`); where the tensors would need more than one pass, or a prompt's trajectory is
-    not run here in full, the statistics are not complete (``complete`` False) and the caller collects
-    them in the usual way, from the captured calls.
+    graph: Path
+    tensors: list[str]
+    chosen: set[tuple[int, int]]
+    max_bytes: int | None = None
+    result: Stats | None = None
+
+
+class CaptureStats:
+    """The FP32 UNet of a calibration capture (:class:`StatsRequest`): a runner (``run``) of the graph
+    with the calibrated tensors as extra outputs. Every call runs one batch item at a time (the
+    classifier-free-guidance pair as two calls), so a trajectory is the same whether or not its calls
+    are folded, on one machine or a cluster; on the chosen calls the tensors are folded into per-step
+    histograms as the capture goes, so the statistics cost no second pass of the FP32 UNet.
+
+    ``begin(prompt)`` before each prompt's trajectory (steps are counted from there). The first chosen
+    call checks the memory ceiling (:func:`plan_parts`); where the tensors would need more than one
+    pass, nothing is folded and ``complete`` is False (the statistics are then collected after the
+    capture, from the captured calls, with the same numbers).
     """
 
-    def __init__(self, path: Path, tensors: list[str], chosen: set[tuple[int, int]], steps: int, max_bytes=None):
-        self.session = augmented_session(path, tensors)
-        self.outputs = [o.name for o in self.session.get_outputs() if o.name not in set(tensors)]
+    def __init__(self, req: StatsRequest, steps: int):
+        self.session = augmented_session(req.graph, req.tensors)
+        names = set(req.tensors)
+        self.outputs = [o.name for o in self.session.get_outputs() if o.name not in names]
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.tensors = list(tensors)
-        self.chosen = set(chosen)
+        self.tensors = list(req.tensors)
+        self.chosen = set(req.chosen)
         self.split = dynamic_batch(self.session)
-        self.max_bytes = max_bytes
-        self.stats = Stats(self.tensors, [0.0] * steps, {t: [Hist.empty() for _ in range(steps)] for t in tensors})
+        self.max_bytes = req.max_bytes
+        self.stats = Stats(self.tensors, [0.0] * steps, {t: [Hist.empty() for _ in range(steps)] for t in self.tensors})
         self.folded: set[tuple[int, int]] = set()
         self.fits: bool | None = None  # decided on the first chosen call
         self.prompt, self.step = -1, 0
@@ -378,22 +396,29 @@ class CaptureStats:
     def begin(self, prompt: int) -> None:
         self.prompt, self.step = prompt, 0
 
+    def reset(self, chosen: set[tuple[int, int]]) -> None:
+        """Start afresh with other chosen calls (a cluster worker's next capture task)."""
+        steps = len(self.stats.timesteps)
+        self.chosen, self.folded = set(chosen), set()
+        self.stats = Stats(self.tensors, [0.0] * steps, {t: [Hist.empty() for _ in range(steps)] for t in self.tensors})
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         given = {k: v for k, v in feeds.items() if k in self.input_names}
         call = (self.prompt, self.step)
         self.step += 1
         if call in self.chosen and self.fits is None:
             self.fits = len(plan_parts(self.session, self.tensors, [(0, given)], self.max_bytes)) == 1
-        if call not in self.chosen or not self.fits:
-            return dict(zip(self.outputs, self.session.run(self.outputs, given)))
+        fold = call in self.chosen and bool(self.fits)
         step = call[1]
-        self.stats.timesteps[step] = float(given["timestep"])
+        if fold:
+            self.stats.timesteps[step] = float(given["timestep"])
+        wanted = self.outputs + (self.tensors if fold else [])
         outs: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for item in _batch_items(given) if self.split else [given]:
-            res = self.session.run(self.outputs + self.tensors, item)
+            res = self.session.run(wanted, item)
             for k in range(len(self.outputs)):
                 outs[k].append(res[k])
-            for name, arr in zip(self.tensors, res[len(self.outputs) :]):
+            for name, arr in zip(self.tensors if fold else [], res[len(self.outputs) :]):
                 try:
                     self.stats.hists[name][step].add(arr)
                 except FloatingPointError:
@@ -402,9 +427,22 @@ class CaptureStats:
                         "the FP32 model itself produces non-finite values: check the export",
                     ) from None
             del res
-        self.folded.add(call)
+        if fold:
+            self.folded.add(call)
         return {n: np.concatenate(o) if len(o) > 1 else o[0] for n, o in zip(self.outputs, outs)}
 
-    @property
-    def complete(self) -> bool:
-        return bool(self.fits) and self.folded == self.chosen
+    def partial(self) -> tuple[Stats | None, set[tuple[int, int]]]:
+        """The statistics of the calls folded here and those calls (None where the tensors did not fit)."""
+        return (None, set()) if self.fits is False else (self.stats, set(self.folded))
+
+
+def merge_partials(req: StatsRequest, partials: list[tuple[Stats | None, set]], timesteps: list[float]) -> None:
+    """``req.result``: the partial statistics of a capture's runners merged (exact, in any order),
+    where together they folded every chosen call; else left None."""
+    if not req.chosen or any(st is None for st, _ in partials):
+        return
+    if set().union(*(f for _, f in partials)) != req.chosen:
+        return
+    total = Stats(list(req.tensors), list(timesteps), {t: [Hist.empty() for _ in timesteps] for t in req.tensors})
+    total.merge_in(st for st, _ in partials if st is not None)
+    req.result = total

@@ -31,16 +31,8 @@ def capture_set(ctx: Context, which: str) -> Capture:
         tuple(ctx.prompts(which)), seed, steps, p["guidance"], p["scheduler"], source=ctx.export.key
     )
     folder = ctx.stages.path(f"capture-{which}", asdict(settings))
-    fused = unet_stats_during_capture(ctx, folder, settings) if which == "calibration" else None
-    taps: list = []
-
-    def tap(n_steps: int):
-        from edgeq.calibrate.collect import CaptureStats
-
-        assert fused is not None
-        taps.append(CaptureStats(fused[1], list(fused[2]), fused[3], n_steps, max_bytes(ctx)))
-        return taps[-1]
-
+    req, dst = capture_stats_request(ctx, folder, settings) if which == "calibration" else (None, None)
+    folding = req is not None and bool(req.chosen)
     with ctx.stages.timed(f"capture_{which}_s"):
         cap = capture(
             ctx.export.folder,
@@ -48,24 +40,16 @@ def capture_set(ctx: Context, which: str) -> Capture:
             settings,
             f"capture {which}",
             ctx.cluster,
-            on_first=(lambda s: ctx.stages.log(build_estimate(ctx, s, steps, fused is not None)))
+            on_first=(lambda s: ctx.stages.log(build_estimate(ctx, s, steps, folding)))
             if which == "calibration"
             else None,
-            tap=tap if fused is not None else None,
+            stats=req,
         )
-        if fused is not None and taps and taps[0].complete:
-            stats = taps[0].stats
-            stats.timesteps = list(cap.timesteps)
-            dst = fused[0]
-            tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
-            stats.save(tmp)
-            tmp.replace(dst)
-            ctx.stages.log(f"statistics unet: {len(taps[0].folded)} calls collected during the capture")
-        elif fused is not None and taps:
-            ctx.stages.log(
-                "statistics unet: not collected during the capture (over the memory ceiling); collected next"
-            )
-        del taps[:]
+    if req is not None and req.result is not None and dst is not None:
+        tmp = dst.with_name(f".{dst.stem}.partial{dst.suffix}")
+        req.result.save(tmp)
+        tmp.replace(dst)
+        ctx.stages.log(f"statistics unet: {len(req.chosen)} calls collected during the capture")
     return cap
 
 
@@ -82,32 +66,28 @@ def unet_stats_key(ctx: Context, folder: Path, n_calls: int, tensors: tuple[str,
     return (str(folder), tensors, ctx.export.key, limit, None), limit
 
 
-def unet_stats_during_capture(ctx: Context, folder: Path, settings: CaptureSettings):
-    """Whether the calibration capture also collects the UNet statistics, and if so (their file, the
-    graph, the tensors, the (prompt, step) calls they use): where the capture runs here in full (no
-    cluster, no shard cached), the profile quantizes the UNet on the exported graph (no SmoothQuant
-    copy) and the statistics are not cached already. Else None: they are collected after it."""
+def capture_stats_request(ctx: Context, folder: Path, settings: CaptureSettings):
+    """How the calibration capture runs its UNet, and the statistics file it may fill: (request, file)
+    or (None, None). Where the profile quantizes the UNet on the exported graph (no SmoothQuant copy),
+    the capture runs it as the statistics' augmented graph, one batch item at a time, on one machine
+    or a cluster alike (the same trajectories whichever way); and, unless the statistics are cached,
+    it folds the calls they use into their histograms as it goes (no second FP32 pass over them)."""
     import onnx
 
-    from edgeq.calibrate.capture import INDEX, _timesteps
+    from edgeq.calibrate.capture import Capture, _timesteps
+    from edgeq.calibrate.collect import StatsRequest
 
     policy = ctx.profile.policy("unet")
-    if ctx.cluster is not None or policy.mode != "int8" or policy.smoothquant or not ctx.export.has("unet"):
-        return None
-    if (folder / INDEX).is_file() or any(folder.glob("shard-*.npz")):
-        return None
+    if policy.mode != "int8" or policy.smoothquant or not ctx.export.has("unet"):
+        return None, None
     path = ctx.export.path("unet")
     graph = onnx.load(str(path), load_external_data=False).graph
     tensors = tuple(tensors_to_calibrate(graph, list(decide(graph, policy)), policy))
     n_steps = len(_timesteps(ctx.export.folder, settings))
     key, limit = unet_stats_key(ctx, folder, len(settings.prompts) * n_steps, tensors)
     dst = ctx.stages.path("stats-unet", *key, suffix=".npz")
-    if dst.is_file():
-        return None
-    from edgeq.calibrate.capture import Capture
-
-    chosen = set(Capture(folder, settings, tuple(range(n_steps))).calls(limit))
-    return dst, path, tensors, chosen
+    chosen = set() if dst.is_file() else set(Capture(folder, settings, tuple(range(n_steps))).calls(limit))
+    return StatsRequest(path, list(tensors), chosen, max_bytes(ctx)), dst
 
 
 # statistics run the UNet with every calibrated activation as an extra output: slower than a plain call

@@ -176,15 +176,18 @@ class RayCluster:
                     bar.update(1)
         return out
 
-    def capture(self, build: Path, folder: Path, settings, todo: list[int], desc: str) -> None:
-        """The missing shards ``todo`` of a capture, one task each, written into ``folder``."""
+    def capture(self, build: Path, folder: Path, settings, todo: list[int], desc: str, stats=None) -> list:
+        """The missing shards ``todo`` of a capture, one task each, written into ``folder``; with
+        ``stats`` (:class:`edgeq.calibrate.collect.StatsRequest`) each task runs the UNet as the
+        single-process capture does and returns its partial statistics (the list returned)."""
         from dataclasses import asdict
 
         self.check_shared(folder)
         s = asdict(settings)
-        self.map(
-            _capture_task, [(str(build), str(folder), s, i) for i in todo], f"{desc} ({self.workers} workers)", "prompt"
-        )
+        req = None if stats is None else {**asdict(stats), "graph": str(stats.graph), "result": None}
+        args = [(str(build), str(folder), s, i, req) for i in todo]
+        done = self.map(_capture_task, args, f"{desc} ({self.workers} workers)", "prompt")
+        return [] if stats is None else [d[1] for d in done]
 
     def statistics(self, path: Path, tensors: list[str], cap, name: str, limit: int | None, desc: str):
         """Per-step histograms of ``tensors`` over the capture's calls: partials per chunk of calls
@@ -255,19 +258,30 @@ def _probe_impl(path: str) -> str:
         return ""
 
 
-def _capture_impl(build: str, folder: str, settings: dict, i: int) -> int:
+def _capture_impl(build: str, folder: str, settings: dict, i: int, req: dict | None = None):
+    """Prompt ``i``'s shard; with ``req`` (a StatsRequest as a dict), its UNet runs as the
+    single-process capture's does, and the task returns (i, (partial statistics, calls folded))."""
     from edgeq.calibrate import collect
-    from edgeq.calibrate.capture import CaptureSettings, capture_shard
-    from edgeq.runtime.pipeline import Pipeline
+    from edgeq.calibrate.capture import CaptureSettings, capture_pipeline, capture_shard
 
     _drop(collect._SESSION)
-    key = ("pipeline", build)
+    s = CaptureSettings(**{**settings, "prompts": tuple(settings["prompts"])})
+    stats = None
+    if req is not None:
+        stats = collect.StatsRequest(
+            Path(req["graph"]), list(req["tensors"]), {tuple(c) for c in req["chosen"]}, req["max_bytes"]
+        )
+    key = ("pipeline", build, None if stats is None else (str(stats.graph), tuple(stats.tensors)))
     if key not in _SESSIONS:
         _SESSIONS.clear()  # one model at a time per worker
-        _SESSIONS[key] = Pipeline(Path(build))
-    s = CaptureSettings(**{**settings, "prompts": tuple(settings["prompts"])})
-    capture_shard(_SESSIONS[key], s, i, Path(folder))
-    return i
+        _SESSIONS[key] = capture_pipeline(Path(build), s, stats)
+    pipe = _SESSIONS[key]
+    unet = pipe.runners["unet"]
+    if isinstance(unet, collect.CaptureStats):
+        unet.reset(stats.chosen if stats is not None else set())
+        unet.begin(i)
+    capture_shard(pipe, s, i, Path(folder))
+    return (i, unet.partial()) if isinstance(unet, collect.CaptureStats) else i
 
 
 def _stats_impl(path: str, tensors: list[str], cap: dict, name: str, shards: list, timesteps: list[float]):
