@@ -254,13 +254,16 @@ class OpenVinoTarget(Target):
         return {"openvino": _runner}
 
     def float_runner(self, path: Path, manifest: dict[str, Any], precision: str | None = None):
-        """The same OpenVINO device with an explicit hint: f32 unless ``precision`` says otherwise."""
+        """The same OpenVINO device with an explicit hint: f32 unless ``precision`` says otherwise. Not
+        put in the compiled-model cache: a baseline is compiled once per benchmark, and an FP32 SDXL
+        UNet's compiled blob is 10 GB of disk."""
         opts = _options(manifest["components"]["unet"].get("openvino", {}))
         return OpenVinoRunner(
             path,
             device=opts["device"],
             inference_precision=precision or "f32",
             performance_hint=opts["performance_hint"],
+            cache=False,
         )
 
     def unet_runner(self, ctx, graphs: list[tuple[Path, dict]]):
