@@ -189,12 +189,13 @@ def test_qdq_insertion_in_a_child_writes_the_same_graph(tiny_exports, tmp_path):
     assert {i.name: i.raw_data for i in here.graph.initializer} == {i.name: i.raw_data for i in child.graph.initializer}
 
 
-def test_statistics_split_into_passes_give_the_same_histograms(tiny_exports, capsys):
+def test_statistics_split_into_passes_give_the_same_histograms(tiny_exports, capsys, monkeypatch):
     """Where one call's calibrated activations would not fit under the memory ceiling, the tensors run
     in parts, one pass over the calls per part: the sizes are predicted from two shrunk runs without
     ever holding the full-size set (never under the real size, at most 30% over in all), and the
     histograms are exactly the ones of one pass."""
     import onnx
+    import pytest
 
     from edgeq.calibrate.collect import (
         ACTIVATION_SHARE,
@@ -204,9 +205,9 @@ def test_statistics_split_into_passes_give_the_same_histograms(tiny_exports, cap
         predict_sizes,
         split_by_size,
     )
+    from edgeq.errors import EdgeqError
     from edgeq.profiles import load_profile
     from edgeq.quantize.policy import decide, tensors_to_calibrate
-    from edgeq.stages.memory import tree_rss
 
     fp32 = tiny_exports["sd15"] / "unet" / "model.onnx"
     policy = load_profile("openvino").policy("unet")  # int8 attention: the scores are calibrated too
@@ -239,9 +240,16 @@ def test_statistics_split_into_passes_give_the_same_histograms(tiny_exports, cap
     assert split_by_size(["a", "b", "c", "d"], {"a": 3, "b": 3, "c": 9, "d": 1}, 6) == [["a", "b"], ["c"], ["d"]]
     roomy = plan_parts(sess, tensors, calls, 2**50)
     assert roomy == [list(tensors)]
-    ceiling = tree_rss() + int(sum(predicted.values()) / 3 / ACTIVATION_SHARE)
+    from edgeq.stages import memory
+
+    monkeypatch.setattr(memory, "tree_rss", lambda: 0)  # the ceiling is then all room for activations
+    room = max(max(predicted.values()) * 1.2, sum(predicted.values()) / 3)  # the largest fits, not all
+    ceiling = int(room / ACTIVATION_SHARE)
     parts = plan_parts(sess, tensors, calls, ceiling)
-    assert len(parts) >= 3 and [t for p in parts for t in p] == list(tensors)
+    assert len(parts) >= 2 and [t for p in parts for t in p] == list(tensors)
+    with pytest.raises(EdgeqError, match="leaves no room for one call's largest calibrated tensor") as e:
+        plan_parts(sess, tensors, calls, int(max(predicted.values()) / 2))
+    assert "--max-memory" in e.value.hint
 
     whole = collect(fp32, tensors, calls, [900.0, 500.0, 100.0], 3, desc="")
     capsys.readouterr()

@@ -217,7 +217,13 @@ def plan_parts(sess, tensors: list[str], samples: Samples, max_bytes: int | None
 
     held = tree_rss()
     ceiling = max_bytes if max_bytes is not None else available_bytes() + held
-    budget = max(int((ceiling - held) * ACTIVATION_SHARE), 1)
+    budget = int((ceiling - held) * ACTIVATION_SHARE)
+    if budget < max(sizes.values()):
+        raise EdgeqError(
+            f"statistics: under a memory ceiling of {ceiling / 2**30:.1f} GB, the loaded graph ({held / 2**30:.1f} GB) "
+            f"leaves no room for one call's largest calibrated tensor ({max(sizes.values()) / 2**30:.2f} GB)",
+            "raise --max-memory (or free memory), or build at a smaller --height/--width",
+        )
     parts = split_by_size(tensors, sizes, budget)
     if len(parts) > 1 and desc:
         total = sum(sizes.values())
@@ -407,7 +413,10 @@ class CaptureStats:
         call = (self.prompt, self.step)
         self.step += 1
         if call in self.chosen and self.fits is None:
-            self.fits = len(plan_parts(self.session, self.tensors, [(0, given)], self.max_bytes)) == 1
+            try:
+                self.fits = len(plan_parts(self.session, self.tensors, [(0, given)], self.max_bytes)) == 1
+            except EdgeqError:  # not beside the whole pipeline: the statistics' own pass decides
+                self.fits = False
         fold = call in self.chosen and bool(self.fits)
         step = call[1]
         if fold:
