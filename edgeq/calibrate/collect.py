@@ -177,15 +177,20 @@ def _run_pass(sess, tensors: list[str], samples: Samples, st: Stats, total: int,
         given = {k: v for k, v in feeds.items() if k in inputs}
         for item in _batch_items(given) if split else [given]:
             outs = sess.run(tensors, item)
-            for name, arr in zip(tensors, outs):
-                try:
-                    st.hists[name][step].add(arr)
-                except FloatingPointError:
-                    raise EdgeqError(
-                        f"tensor {name} holds NaN or Inf at step {step} during calibration",
-                        "the FP32 model itself produces non-finite values: check the export",
-                    ) from None
+            _fold(st, tensors, outs, step)
             del outs
+
+
+def _fold(st: Stats, names: list[str], arrays: list[np.ndarray], step: int) -> None:
+    """One call's activations of ``names`` into their histograms at ``step``."""
+    for name, arr in zip(names, arrays):
+        try:
+            st.hists[name][step].add(arr)
+        except FloatingPointError:
+            raise EdgeqError(
+                f"tensor {name} holds NaN or Inf at step {step} during calibration",
+                "the FP32 model itself produces non-finite values: check the export",
+            ) from None
 
 
 # the share of the memory left under the ceiling (after the session's weights) that one pass's
@@ -427,14 +432,8 @@ class CaptureStats:
             res = self.session.run(wanted, item)
             for k in range(len(self.outputs)):
                 outs[k].append(res[k])
-            for name, arr in zip(self.tensors if fold else [], res[len(self.outputs) :]):
-                try:
-                    self.stats.hists[name][step].add(arr)
-                except FloatingPointError:
-                    raise EdgeqError(
-                        f"tensor {name} holds NaN or Inf at step {step} during calibration",
-                        "the FP32 model itself produces non-finite values: check the export",
-                    ) from None
+            if fold:
+                _fold(self.stats, self.tensors, res[len(self.outputs) :], step)
             del res
         if fold:
             self.folded.add(call)
