@@ -44,6 +44,24 @@ def test_tiny_sd_build_passes_its_gates(tiny_build):
     assert set(rep["variants"]) == {"shared", "per-group"}
 
 
+def test_full_recheck_makes_the_images_again_and_agrees(tiny_build, tmp_path):
+    """The build's end-to-end check reuses the INT8 images its kernel-fidelity stage made for the
+    bundle's prompts; `edgeq check --full` (on a copy) makes every image again: same figures."""
+    import shutil
+
+    root, r = tiny_build
+    assert r.returncode == 0, r.stderr[-3000:]
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "out", copy)
+    p = cli("check", str(copy), "--full")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    built = json.loads((root / "out" / "report.json").read_text())["e2e"]
+    again = json.loads((copy / "report.json").read_text())["e2e"]
+    assert again["images"] == built["images"]
+    for k in ("psnr_db", "ssim"):
+        assert again[k] == pytest.approx(built[k], rel=1e-9), k
+
+
 def test_build_folder_contents(tiny_build):
     root, _ = tiny_build
     out = root / "out"

@@ -98,6 +98,10 @@ def test_edgeq_check_on_a_copied_build_without_torch(target_build, tmp_path):
     assert dev["passed"] and dev["family"] == CPU.family and dev["e2e"]["images"] >= 1
     assert dev["e2e"]["psnr_vs_build_host_db"] > 30  # same machine: the host's own INT8 images
     host = _report(out)["kernel_fidelity"]["host"]
+    # the build's own check reused the images it had just made for the bundle; made again here, they
+    # give the same figures
+    assert dev["e2e"]["psnr_db"] == pytest.approx(host["e2e"]["psnr_db"], rel=1e-9)
+    assert dev["e2e"]["ssim"] == pytest.approx(host["e2e"]["ssim"], rel=1e-9)
     assert [g["gap_db"] for g in dev["groups"]] == pytest.approx([g["gap_db"] for g in host["groups"]], abs=1e-6)
     assert "| group | calls | exact Q/DQ vs FP32 dB" in (copy / "device_report.md").read_text()
 

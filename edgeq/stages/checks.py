@@ -10,6 +10,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from edgeq.calibrate.capture import Capture
 from edgeq.errors import EdgeqError
 from edgeq.manifest import artifact_table, read_manifest, write_manifest
@@ -60,8 +62,16 @@ def _gates(manifest: dict, g, unet_rows: list[dict], vae_db: float | None, e2e: 
     return gates
 
 
-def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | None = None, log=print):
-    """Accuracy checks of a build folder against its FP32 source; writes the report, updates the manifest."""
+def check_folder(
+    folder: Path,
+    ctx: Context | None = None,
+    held_cap: Capture | None = None,
+    int8_images: list[np.ndarray] | None = None,
+    log=print,
+):
+    """Accuracy checks of a build folder against its FP32 source; writes the report, updates the
+    manifest. ``int8_images``: the folder's images of the first held-out prompts (seeds
+    ``HELDOUT_SEED + i``), made moments ago by the build's kernel-fidelity stage."""
     from edgeq.runtime.pipeline import Pipeline
     from edgeq.runtime.sessions import LazyRunner, OrtRunner, one_group_at_a_time
     from edgeq.stages.calibration import capture_set
@@ -106,6 +116,7 @@ def check_folder(folder: Path, ctx: Context | None = None, held_cap: Capture | N
             HELDOUT_SEED,
             tiny_sd=ctx.spec.calibration_data == "tiny-sd",
             reference=list(held_cap.vae_inputs()),  # the held-out capture is the FP32 pipeline's run
+            known=int8_images,
         )
         gates = _gates(manifest, ctx.profile.gates, unet_rows, vae_db, e2e)
         passed = all(gates)

@@ -113,19 +113,25 @@ def write_bundle(ctx: Context, unet: QuantizedUnet | None, mode: str, held: Capt
     return [stage / BUNDLE, stage / CALLS, stage / IMAGES]
 
 
-def add_host_images(stage: Path, runners: dict[str, Any]) -> None:
-    """The build host's INT8 images for the bundle's prompts (a device compares its own with them)."""
+def add_host_images(stage: Path, runners: dict[str, Any]) -> list[np.ndarray]:
+    """The build host's INT8 images for the bundle's prompts (a device compares its own with them);
+    returns them: the host's device check and the end-to-end check use them rather than making them
+    again (the same prompts, seeds and runners give the same images)."""
     from edgeq.runtime.pipeline import GenerateOptions, Pipeline
 
     bundle = json.loads((stage / BUNDLE).read_text())
+    if not bundle["images"]:
+        return []
     pipe = Pipeline(stage, runners=runners)
     with np.load(stage / IMAGES) as z:
         images = {k: z[k] for k in z.files}
     got = pipe.generate_many([GenerateOptions(prompt=im["prompt"], seed=im["seed"]) for im in bundle["images"]])
+    del pipe
     for i, img in enumerate(got):
         images[f"int8_{i}"] = img
     np.savez(stage / IMAGES, **images)
     _record_artifacts(stage, [IMAGES])
+    return got
 
 
 def _record_artifacts(stage: Path, rels: list[str]) -> None:
@@ -149,7 +155,9 @@ def emulated_check(stage: Path, family: str, log=print) -> DeviceCheck | None:
 
 
 def check_fidelity(ctx: Context, target, unet: QuantizedUnet | None, mode: str, held: Capture, stage: Path, log=print):
-    """Write the bundle, then measure the kernels against the exact arithmetic, here and emulated."""
+    """Write the bundle, then measure the kernels against the exact arithmetic, here and emulated.
+    Returns the host's INT8 images of the bundle's prompts (held-out prompts 0.., seeds
+    ``HELDOUT_SEED + i``), which the end-to-end check reuses."""
     files = write_bundle(ctx, unet, mode, held, stage)
     _record_artifacts(stage, [str(f.relative_to(stage)) for f in files])
     from edgeq.runtime.sessions import one_group_at_a_time
@@ -158,9 +166,11 @@ def check_fidelity(ctx: Context, target, unet: QuantizedUnet | None, mode: str, 
     plan = ctx.plan
     runtime = target.runtime
     with one_group_at_a_time():  # per-group graphs: one in memory at a time (calls and images in group order)
-        add_host_images(stage, runners)
-        # the files were just written and hashed by the pipeline that made the host images: no second pass
-        host = device_check(stage, runners=runners, family=cpu_mod.effective_family(runtime), recheck=False, log=log)
+        images = add_host_images(stage, runners)
+        # the files were just written and hashed by the pipeline that made the host images: no second
+        # pass; the host's images are the ones just made
+        family = cpu_mod.effective_family(runtime)
+        host = device_check(stage, runners=runners, family=family, recheck=False, generated=images, log=log)
     emulated: dict[str, dict] = {}
     cpu = ctx.profile.cpu
     if unet is not None and mode != "float" and cpu is not None and cpu.check_other_families:
@@ -182,4 +192,4 @@ def check_fidelity(ctx: Context, target, unet: QuantizedUnet | None, mode: str, 
     for fam, res in [(host.family, host.to_dict()), *emulated.items()]:
         gaps = ", ".join(f"{g['gap_db']:.2f}" for g in res["groups"])
         log(f"kernel fidelity ({fam}{', emulated' if fam in emulated else ''}): gap per group [{gaps}] dB")
-    return host, emulated
+    return images

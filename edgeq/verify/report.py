@@ -66,23 +66,31 @@ E2E_LOCKSTEP = 16  # images denoised in lockstep by the end-to-end check
 
 
 def end_to_end(
-    fp32, quant, prompts: list[str], seed: int, tiny_sd: bool, reference: list[np.ndarray] | None = None
+    fp32,
+    quant,
+    prompts: list[str],
+    seed: int,
+    tiny_sd: bool,
+    reference: list[np.ndarray] | None = None,
+    known: list[np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Images from identical seeds through both pipelines: PSNR, SSIM, and tiny-sd adherence.
 
     ``fp32``: the FP32 pipeline, or, with ``reference`` (the FP32 pipeline's final latents for these
     prompts and seeds, already captured, as VAE decoder inputs), just the FP32 VAE decoder's runner,
-    which decodes them: FP32 is not denoised a second time.
+    which decodes them: FP32 is not denoised a second time. ``known``: ``quant``'s images of the
+    first prompts, already made (the build's kernel-fidelity stage made them with the same runners).
     """
     from edgeq.runtime.pipeline import GenerateOptions
     from edgeq.verify.checks import to_image
 
-    ref, got = [], []
+    ref: list[np.ndarray] = []
+    got = list(known or [])[: len(prompts)]
     # the INT8 images in lockstep batches: a UNet that holds one group's graph at a time loads each
     # group's graph once per batch rather than once per image
     opts = [GenerateOptions(prompt=p, seed=seed + i) for i, p in enumerate(prompts)]
-    bar = progress(range(0, len(opts), E2E_LOCKSTEP), desc="check end to end", unit="batch", knob="--num-heldout")
-    for k in bar:
+    todo = range(len(got), len(opts), E2E_LOCKSTEP)
+    for k in progress(todo, desc="check end to end", unit="batch", knob="--num-heldout") if todo else ():
         got += quant.generate_many(opts[k : k + E2E_LOCKSTEP])
     for i, o in enumerate(opts):
         if reference is not None:
