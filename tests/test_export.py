@@ -149,6 +149,31 @@ def test_manifest_records_versions_and_hashes(tiny_exports):
     assert all(len(a["sha256"]) == 64 for a in m["artifacts"].values())
 
 
+def test_dynamic_graph_checked_at_half_the_traced_size(tiny_models, tmp_path, monkeypatch):
+    """Latents of 32 or more: traced at the build's size, checked against torch at half of it (a
+    quarter of the work, and a second size through the dynamic axes); the graph runs at both."""
+    seen: list[tuple[int, dict]] = []
+    real = validate_mod.random_inputs
+
+    def spy(comp, shapes, configs, seed):
+        if comp.name == "unet":
+            seen.append((seed, dict(shapes)))
+        return real(comp, shapes, configs, seed)
+
+    monkeypatch.setattr(validate_mod, "random_inputs", spy)
+    out = tmp_path / "dyn"
+    res = export(resolve(str(tiny_models["sd15"])), out, ExportSettings(height=128, width=128), log=lambda *_: None)
+    traced, checked = dict(seen)[0], dict(seen)[1]  # seed 0: the trace's inputs, seed 1: the check's
+    assert tuple(traced["sample"])[2:] == (64, 64) and tuple(checked["sample"])[2:] == (32, 32)
+    assert all(v.passed for vs in res.validations.values() for v in vs)
+    for size in (128, 64):
+        assert Pipeline(out).generate(GenerateOptions(prompt="a red cat", steps=2, height=size, width=size)).shape == (
+            size,
+            size,
+            3,
+        )
+
+
 def test_failed_validation_is_a_clear_error(tiny_models, tmp_path, monkeypatch):
     """A graph that disagrees with torch stops the export: one message, nothing left behind."""
     import dataclasses

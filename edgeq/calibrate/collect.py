@@ -181,14 +181,29 @@ def _run_pass(sess, tensors: list[str], samples: Samples, st: Stats, total: int,
             del outs
 
 
+def _fold_threads() -> int:
+    return int(os.environ.get("EDGEQ_THREADS", "0")) or os.cpu_count() or 1
+
+
 def _fold(st: Stats, names: list[str], arrays: list[np.ndarray], step: int) -> None:
-    """One call's activations of ``names`` into their histograms at ``step``."""
-    for name, arr in zip(names, arrays):
+    """One call's activations of ``names`` into their histograms at ``step``, one thread per core
+    (numpy releases the GIL in the passes over the data; each histogram is filled by one thread, so
+    the counts are those of one thread). The runtime is idle meanwhile: at SD1.5 size a call's 1.7 GB
+    per batch item took 3.7 s on one core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def add(k: int) -> None:
+        st.hists[names[k]][step].add(arrays[k])
+
+    order = sorted(range(len(names)), key=lambda k: -arrays[k].size)  # the largest first: even shares
+    with ThreadPoolExecutor(_fold_threads()) as pool:
+        futures = {k: pool.submit(add, k) for k in order}
+    for k in range(len(names)):
         try:
-            st.hists[name][step].add(arr)
+            futures[k].result()
         except FloatingPointError:
             raise EdgeqError(
-                f"tensor {name} holds NaN or Inf at step {step} during calibration",
+                f"tensor {names[k]} holds NaN or Inf at step {step} during calibration",
                 "the FP32 model itself produces non-finite values: check the export",
             ) from None
 

@@ -99,12 +99,15 @@ class Hist:
             else max(MIN_EXP, int(np.ceil(np.log2(amax))) + (amax >= 2.0 ** np.ceil(np.log2(amax))))
         )
         self.grow_to(need)
-        # x / width is exact in float32 (width is a power of two), so floor() bins exactly, in
-        # one float32 and one int32 pass instead of float64 copies (the statistics' hot loop).
-        idx = np.floor(x * np.float32(1.0 / self.width)).astype(np.int32)
-        idx += BINS
-        np.clip(idx, 0, 2 * BINS - 1, out=idx)
-        self.counts += np.bincount(idx, minlength=2 * BINS)
+        # x / width is exact in float32 (width is a power of two), so floor() bins exactly; the bin
+        # offset and clip stay in float32 (whole numbers under 2**24 are exact there), then one cast
+        # to the index type bincount takes: one temporary, not three (the statistics' hot loop).
+        t = np.multiply(x, np.float32(1.0 / self.width))
+        np.floor(t, out=t)
+        t += np.float32(BINS)
+        np.clip(t, 0, 2 * BINS - 1, out=t)
+        self.counts += np.bincount(t.astype(np.intp), minlength=2 * BINS)
+        del t
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         self.n += x.size
         self.exact = self._exact_sumsq() + _exact(float(np.einsum("i,i->", x, x, dtype=np.float64)))

@@ -192,7 +192,7 @@ class Gates:
         1.0, "UNet SQNR lost by the deployed int8 kernels against the exact Q/DQ arithmetic, per group, dB", min=0.0
     )
     verify_calls_per_group: int = setting(
-        8, "held-out UNet calls per timestep group in the verification bundle (kernel gate, `edgeq check`)", min=1
+        4, "held-out UNet calls per timestep group in the verification bundle (kernel gate, `edgeq check`)", min=1
     )
     verify_images: int = setting(2, "FP32 reference images in the verification bundle (`edgeq check`)", min=0)
 
