@@ -190,3 +190,30 @@ def test_bench_float_baseline_with_a_precision_hint(ov_build, target_build, tmp_
     assert r.returncode == 2 and "is not one of f32, bf16, f16" in r.stderr
     r = cli("bench", str(target_build("ort-cpu")[0]), "--float-precision", "bf16")
     assert r.returncode == 2 and "whose runtime has no precision hint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_compiled_model_cache_is_bounded(tiny_exports, tmp_path, monkeypatch):
+    """OpenVINO never deletes a compiled blob; edgeq keeps its cache under EDGEQ_OPENVINO_CACHE_GB,
+    least recently used first, and never what it just compiled."""
+    import os
+
+    from edgeq.targets.openvino import OpenVinoRunner, compiled_cache_dir
+
+    monkeypatch.setenv("EDGEQ_CACHE", str(tmp_path))
+    folder = compiled_cache_dir()
+    folder.mkdir(parents=True)
+    old = []
+    for i in range(3):  # three stale blobs of 1 MB, the oldest first
+        f = folder / f"stale{i}.blob"
+        f.write_bytes(b"\0" * 2**20)
+        os.utime(f, (1_000_000 + i, 1_000_000 + i))
+        old.append(f)
+    monkeypatch.setenv("EDGEQ_OPENVINO_CACHE_GB", str(2.5 * 2**20 / 2**30))  # room for 2.5 MB
+    r = OpenVinoRunner(tiny_exports["sd15"] / "vae_decoder" / "model.onnx")
+    new = [f for f in folder.iterdir() if f not in old]
+    assert new, "OpenVINO wrote no blob"
+    assert all(f.exists() for f in new)  # what was just compiled stays
+    total = sum(f.stat().st_size for f in folder.iterdir())
+    assert not old[0].exists()  # the least recently used went first
+    assert total <= 2.5 * 2**20 or [f for f in folder.iterdir() if f in old] == [], total
+    assert r.run({"latent_sample": np.zeros((1, 4, 8, 8), np.float32)})  # and the model runs

@@ -35,6 +35,37 @@ def compiled_cache_dir() -> Path:
     return Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq")) / "openvino"
 
 
+CACHE_LIMIT_GB = 16.0  # default bound of the compiled-model cache (EDGEQ_OPENVINO_CACHE_GB)
+
+
+def prune_compiled_cache(keep_newest: int = 1) -> list[Path]:
+    """Bound the compiled-model cache to ``EDGEQ_OPENVINO_CACHE_GB`` (default 16): the least recently
+    used blobs go first (last read or written, as the file system's access times tell), never the
+    ``keep_newest`` most recent (what was just compiled). OpenVINO itself never deletes a blob: a
+    session of SDXL builds and benchmarks filled 24 GB. Returns what was removed."""
+    folder = compiled_cache_dir()
+    limit = float(os.environ.get("EDGEQ_OPENVINO_CACHE_GB", CACHE_LIMIT_GB)) * 2**30
+    if not folder.is_dir():
+        return []
+    files = []
+    for f in folder.iterdir():
+        try:
+            st = f.stat()
+        except OSError:  # removed meanwhile by another process
+            continue
+        if f.is_file():
+            files.append((max(st.st_atime, st.st_mtime), st.st_size, f))
+    files.sort(reverse=True)  # most recently used first
+    total, removed = sum(size for _, size, _ in files), []
+    for _, size, f in files[keep_newest:][::-1]:
+        if total <= limit:
+            break
+        f.unlink(missing_ok=True)
+        total -= size
+        removed.append(f)
+    return removed
+
+
 @dataclass(frozen=True)
 class OpenVinoOptions:
     """The profile's ``[openvino]`` section: where and how the compiled models run."""
@@ -92,6 +123,8 @@ class OpenVinoRunner:
         if device.startswith("CPU") or device.startswith("GPU"):
             config["INFERENCE_PRECISION_HINT"] = inference_precision
         self.compiled = core.compile_model(str(path), device, config)
+        if cache:  # after the compile: what it wrote or read is the most recently used
+            prune_compiled_cache()
         self.request = self.compiled.create_infer_request()
         self.input_names = [n for i in self.compiled.inputs for n in i.get_names()]
         self.outputs = list(self.compiled.outputs)
