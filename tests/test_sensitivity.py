@@ -361,3 +361,30 @@ def test_smoothquant_folds_into_layernorm_exactly_and_flattens_outliers(tmp_path
         return 10 * np.log10(sig / err)
 
     assert w8a8_sqnr(dst) > w8a8_sqnr(path) + 3
+
+
+def test_macs_from_symbolic_shapes_equal_those_of_a_run(tiny_exports, monkeypatch):
+    """The UNet's MACs from ONNX Runtime's symbolic shape inference (no weight read, no activation
+    held) are those of a real run with every counted node's output, at the CFG batch of 2."""
+    from edgeq.quantize import sensitivity as sens
+    from edgeq.quantize.policy import constant_names
+
+    path = tiny_exports["sd15"] / "unet" / "model.onnx"
+    g = onnx.load(str(path), load_external_data=False).graph
+    const = constant_names(g)
+    nodes = [n.name for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in const]
+    nodes += [n.name for n in g.node if n.op_type == "MatMul" and n.input[1] not in const][:2]  # attention
+    rng = np.random.default_rng(0)
+    feeds = {
+        "sample": rng.standard_normal((2, 4, 8, 8)).astype(np.float32),
+        "timestep": np.array(500.0, np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32),
+    }
+    used = []
+    real = sens._symbolic_shapes
+    monkeypatch.setattr(sens, "_symbolic_shapes", lambda *a: used.append(real(*a)) or used[-1])
+    symbolic = count_macs(path, feeds, nodes)
+    assert len(used) == 1 and used[0] is not None  # every shape resolved symbolically
+    monkeypatch.setattr(sens, "_symbolic_shapes", lambda *a: None)  # the run decides
+    assert symbolic == count_macs(path, feeds, nodes)
+    assert len(symbolic) == len(nodes) and all(v > 0 for v in symbolic.values())
