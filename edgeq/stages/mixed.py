@@ -33,8 +33,9 @@ def unet_eval_samples(ctx: Context, cap: Capture, groups: list[dict], limit: int
 
 def unet_macs(ctx: Context, cal, cap: Capture, fp32: Path) -> tuple[dict[str, int], set[str]]:
     """MACs of every candidate node of ``fp32`` for one captured call, and the activation-by-activation
-    MatMuls. Cached: counting runs the FP32 UNet with every node's output (10.9 GB at SD1.5 size), and
-    the mixed-precision search, the quant plan and ``edgeq sensitivity`` all ask."""
+    MatMuls. Cached: the mixed-precision search, the quant plan and ``edgeq sensitivity`` all ask.
+    Counted from symbolic shapes; in a child for a large graph, because where those leave a shape open
+    the count runs the FP32 UNet with every node's output (10.9 GB at SD1.5 size)."""
     import onnx
 
     from edgeq.isolate import run_for_graph
