@@ -47,7 +47,8 @@ def count_macs(fp32_path: Path, feeds: dict[str, np.ndarray], nodes: Sequence[st
     Shapes come from ONNX Runtime's symbolic shape inference on the graph with the inputs' dims fixed
     to ``feeds`` (weights as inputs of their dims: no weight is read): 0.3 s and 0.3 GB on the SD1.5
     UNet, the same MACs as a run. Where it leaves a needed shape open, from one ONNX Runtime run
-    with the nodes' outputs as extra graph outputs instead (10.9 GB on that UNet at batch 1).
+    with the nodes' outputs as extra graph outputs instead (10.9 GB on that UNet at batch 1: in a
+    child process for a large graph).
     A dynamic-batch graph is counted at batch 1 (MACs scale with the batch; shares do not).
     """
     model = onnx.load(str(fp32_path), load_external_data=False)
@@ -63,8 +64,10 @@ def count_macs(fp32_path: Path, feeds: dict[str, np.ndarray], nodes: Sequence[st
     batch = sample.shape[0] if _dynamic_batch(g) and sample is not None and sample.ndim else 1
     feeds = {k: (v[:1] if v.ndim and v.shape[0] == batch else v) for k, v in feeds.items()} if batch > 1 else feeds
     got = _symbolic_shapes(model, feeds, outs)
-    if got is None:
-        got = _run_shapes(fp32_path, feeds, outs)
+    if got is None:  # the graph's weights and every counted node's output: a child's memory for a large graph
+        from edgeq.isolate import run_for_graph
+
+        got = run_for_graph(Path(fp32_path), "counting the MACs", _run_shapes, fp32_path, feeds, outs)
     shape = {**shapes_of, **got}
     macs = {}
     for n in wanted:
@@ -88,7 +91,6 @@ def _dynamic_batch(g: onnx.GraphProto) -> bool:
 
 def _symbolic_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]):
     """``{tensor: shape}`` for ``names`` by symbolic shape inference, or None where any is left open."""
-    from onnx import helper
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     m = onnx.ModelProto()

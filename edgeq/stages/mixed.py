@@ -33,12 +33,9 @@ def unet_eval_samples(ctx: Context, cap: Capture, groups: list[dict], limit: int
 
 def unet_macs(ctx: Context, cal, cap: Capture, fp32: Path) -> tuple[dict[str, int], set[str]]:
     """MACs of every candidate node of ``fp32`` for one captured call, and the activation-by-activation
-    MatMuls. Cached: the mixed-precision search, the quant plan and ``edgeq sensitivity`` all ask.
-    Counted from symbolic shapes; in a child for a large graph, because where those leave a shape open
-    the count runs the FP32 UNet with every node's output (10.9 GB at SD1.5 size)."""
+    MatMuls. Cached: the mixed-precision search, the quant plan and ``edgeq sensitivity`` all ask."""
     import onnx
 
-    from edgeq.isolate import run_for_graph
     from edgeq.quantize.policy import constant_names
     from edgeq.quantize.sensitivity import count_macs
 
@@ -49,8 +46,7 @@ def unet_macs(ctx: Context, cal, cap: Capture, fp32: Path) -> tuple[dict[str, in
         const = constant_names(g)
         act_act = sorted(n.name for n in g.node if n.op_type == "MatMul" and n.input[1] not in const)
         feeds = next(iter(cap.unet_samples(len(cap.timesteps)))).feeds
-        # the graph's weights and every counted node's output: a child's memory for a large graph
-        macs = run_for_graph(fp32, "counting the UNet's MACs", count_macs, fp32, feeds, nodes)
+        macs = count_macs(fp32, feeds, nodes)
         return {"macs": macs, "activation_matmuls": act_act}
 
     res = ctx.stages.json("macs-unet", str(fp32), nodes, str(cap.folder), make=count)
