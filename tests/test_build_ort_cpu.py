@@ -296,6 +296,45 @@ def test_bench_reports_latency_memory_and_size_next_to_fp32(tiny_build, tmp_path
     assert r.returncode == 2 and "--repeats must be at least 1" in r.stderr
 
 
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_capture_graph_computes_the_same_numbers_for_every_target(tiny_exports, family):
+    """The calibration capture's UNet (the graph with a target's calibrated tensors as extra outputs,
+    one batch item at a time) computes the same noise prediction, bit for bit, for every shipped
+    target's tensors on every CPU family (int8 attention included) and for the plain graph with no
+    extra output (what the capture runs where the tensors do not fit): trajectories do not depend on
+    the target, so one capture serves them all."""
+    import onnx
+
+    from edgeq.calibrate.collect import _batch_items, augmented_session
+    from edgeq.profiles import load_profile, profile_names
+    from edgeq.quantize.policy import decide, tensors_to_calibrate
+    from edgeq.runtime.cpu import FAMILIES
+    from edgeq.stages.context import for_family
+
+    path = tiny_exports[family] / "unet" / "model.onnx"
+    graph = onnx.load(str(path), load_external_data=False).graph
+    plain = augmented_session(path, [])
+    rng = np.random.default_rng(1)
+    dims = {"batch": 2, "height": 32, "width": 32, "sequence": 77}
+    feeds = {
+        i.name: rng.standard_normal([d if isinstance(d, int) else dims[d] for d in i.shape]).astype(np.float32)
+        for i in plain.get_inputs()
+    }
+    feeds["timestep"] = np.array(700.0, np.float32)
+    ref = plain.run(["out_sample"], feeds)[0]
+    sets: dict[tuple[str, ...], str] = {}
+    for name in profile_names():
+        for fam in FAMILIES:
+            policy = for_family(load_profile(name), 8, fam).policy("unet")
+            if policy.mode == "int8":
+                sets.setdefault(tuple(tensors_to_calibrate(graph, decide(graph, policy), policy)), f"{name}/{fam}")
+    assert len(sets) >= 2  # targets differ in what they calibrate (attention scores or not)
+    for tensors, who in sets.items():
+        sess = augmented_session(path, list(tensors))
+        got = np.concatenate([sess.run(["out_sample"], item)[0] for item in _batch_items(feeds)])
+        assert np.array_equal(got, ref), f"{who}: {np.abs(got - ref).max():.2e}"
+
+
 def test_statistics_collected_during_the_capture_equal_those_collected_after(tiny_exports, tmp_path):
     """The calibration capture runs the UNet as the statistics' augmented graph, one batch item at a
     time, and folds the calls the statistics use into their histograms as it runs them (no second pass

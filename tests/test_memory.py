@@ -320,3 +320,64 @@ def test_statistics_split_into_passes_give_the_same_histograms(tiny_exports, cap
                 b.n,
                 b.sumsq,
             )
+
+
+def test_a_capture_that_cannot_fold_drops_the_augmented_graph_before_a_full_size_call(tiny_exports, monkeypatch):
+    """Where one call's calibrated tensors would not fit under the memory ceiling, the capture's UNet
+    runs the plain graph from its first full-size call on: a graph with the tensors as extra outputs
+    holds all of them during a call, fetched or not (at SDXL size and 1024 px, 24 GB: the kernel killed
+    the build). Only the two shrunk runs that predict the sizes use the augmented graph; nothing is
+    folded (the statistics are collected after the capture, in parts), and the noise prediction is the
+    same as with the tensors as outputs, bit for bit."""
+    import onnx
+
+    from edgeq.calibrate import collect as collect_mod
+    from edgeq.calibrate.collect import ACTIVATION_SHARE, CaptureStats, StatsRequest, predict_sizes
+    from edgeq.profiles import load_profile
+    from edgeq.quantize.policy import decide, tensors_to_calibrate
+    from edgeq.stages import memory
+
+    fp32 = tiny_exports["sd15"] / "unet" / "model.onnx"
+    policy = load_profile("ort-cpu").policy("unet")
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    tensors = tensors_to_calibrate(graph, decide(graph, policy), policy)
+    rng = np.random.default_rng(0)
+    feeds = {
+        "sample": rng.standard_normal((2, 4, 32, 32)).astype(np.float32),
+        "timestep": np.array(900.0, np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32),
+    }
+    one = {k: (v[:1] if v.ndim else v) for k, v in feeds.items()}
+    predicted = predict_sizes(collect_mod.augmented_session(fp32, tensors), tensors, one)
+    assert predicted is not None
+    monkeypatch.setattr(memory, "tree_rss", lambda: 0)
+    ceiling = int(max(max(predicted.values()) * 1.2, sum(predicted.values()) / 3) / ACTIVATION_SHARE)
+
+    runs: list[tuple[int, tuple[int, ...]]] = []  # (graph outputs, sample shape) of every run
+    real = collect_mod.augmented_session
+
+    class Spy:
+        def __init__(self, sess):
+            self.sess = sess
+
+        def __getattr__(self, name):
+            return getattr(self.sess, name)
+
+        def run(self, names, given, *rest):
+            runs.append((len(self.sess.get_outputs()), given["sample"].shape))
+            return self.sess.run(names, given, *rest)
+
+    monkeypatch.setattr(collect_mod, "augmented_session", lambda *a, **k: Spy(real(*a, **k)))
+    unet = CaptureStats(StatsRequest(fp32, tensors, {(0, 0), (0, 1)}, ceiling), 3)
+    unet.begin(0)
+    got = [unet.run(feeds)["out_sample"] for _ in range(3)]
+    assert unet.fits is False and unet.partial() == (None, set())
+    full = [n for n, shape in runs if shape[-1] == 32]
+    assert full == [1] * 6  # three calls of two items, each on the plain graph
+    assert all(shape[-1] < 32 for n, shape in runs if n > 1)  # the augmented graph: the shrunk runs only
+    roomy = CaptureStats(StatsRequest(fp32, tensors, {(0, 0)}, 2**50), 3)
+    roomy.begin(0)
+    ref = roomy.run(feeds)["out_sample"]
+    assert roomy.fits is True and all(np.array_equal(g, ref) for g in got)
+    stats, folded = roomy.partial()
+    assert folded == {(0, 0)} and stats is not None and stats.hists[tensors[0]][0].n > 0
