@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import cli, run_without_torch
 
-from edgeq.calibrate.capture import CaptureSettings, capture
+from edgeq.calibrate.capture import CaptureSettings, capture, capture_pipeline
 from edgeq.errors import EdgeqError
 from edgeq.runtime.sessions import OrtRunner
 
@@ -179,7 +179,7 @@ def test_interrupted_capture_resumes_and_corrupt_shard_is_named(tiny_exports, tm
     from edgeq.runtime import pipeline as pipeline_mod
 
     settings = CaptureSettings(("a red cat", "a blue dog", "a cat on a house"), 0, 3, 5.0, "ddim")
-    real = pipeline_mod.Pipeline.generate
+    real = pipeline_mod.Pipeline.denoise_many
     calls = {"n": 0}
 
     def flaky(self, o):
@@ -188,14 +188,14 @@ def test_interrupted_capture_resumes_and_corrupt_shard_is_named(tiny_exports, tm
             raise KeyboardInterrupt
         return real(self, o)
 
-    monkeypatch.setattr(pipeline_mod.Pipeline, "generate", flaky)
+    monkeypatch.setattr(pipeline_mod.Pipeline, "denoise_many", flaky)
     folder = tmp_path / "cap"
     with pytest.raises(KeyboardInterrupt):
         capture(tiny_exports["sd15"], folder, settings)
     done = sorted(folder.glob("shard-*.npz"))
     assert [p.name for p in done] == ["shard-00000.npz", "shard-00001.npz"]
     stamps = {p: p.stat().st_mtime_ns for p in done}
-    monkeypatch.setattr(pipeline_mod.Pipeline, "generate", real)
+    monkeypatch.setattr(pipeline_mod.Pipeline, "denoise_many", real)
     cap = capture(tiny_exports["sd15"], folder, settings)
     assert {p: p.stat().st_mtime_ns for p in done} == stamps
     samples = list(cap.unet_samples())
@@ -353,6 +353,7 @@ def test_statistics_collected_during_the_capture_equal_those_collected_after(tin
     tensors = tensors_to_calibrate(graph, decide(graph, policy), policy)
     settings = CaptureSettings(("a red cat", "a blue dog", "a green house"), 0, 3, 5.0, "ddim")
     plain = capture(tiny_exports["sd15"], tmp_path / "plain", settings)
+    assert "vae_decoder" not in capture_pipeline(tiny_exports["sd15"], settings).runners  # final latents only
     req = StatsRequest(path, tensors, set(plain.calls(5)))
     cap = capture(tiny_exports["sd15"], tmp_path / "fused", settings, stats=req)
     assert req.result is not None

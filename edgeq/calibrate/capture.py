@@ -196,14 +196,14 @@ def capture_pipeline(build: Path, settings: CaptureSettings, stats=None):
     from edgeq.runtime.pipeline import Pipeline, default_runner
 
     if stats is None:
-        return Pipeline(build)
+        return Pipeline(build, decoder=False)
 
     def runner(b: Path, info: dict):
         if not str(info.get("path", "")).startswith("unet/"):
             return default_runner(b, info)
         return CaptureStats(stats, len(_timesteps(b, settings)))
 
-    return Pipeline(build, runners={"onnxruntime": runner})
+    return Pipeline(build, runners={"onnxruntime": runner}, decoder=False)
 
 
 def _timesteps(build: Path, settings: CaptureSettings) -> list[float]:
@@ -241,19 +241,19 @@ def capture_shard(pipe, settings: CaptureSettings, i: int, folder: Path, on_firs
         if step == 0 and on_first_call is not None:
             on_first_call(time.perf_counter() - started[0])
 
-    final: list[np.ndarray] = []
-    pipe.generate(
-        GenerateOptions(
-            prompt=settings.prompts[i],
-            negative_prompt=settings.negative_prompt,
-            seed=settings.seed + i,
-            steps=settings.steps,
-            guidance=settings.guidance,
-            scheduler=settings.scheduler,
-            on_unet_input=on_unet,
-            on_unet_output=on_out,
-            on_final_latents=final.append,
-        )
+    final = pipe.denoise_many(
+        [
+            GenerateOptions(
+                prompt=settings.prompts[i],
+                negative_prompt=settings.negative_prompt,
+                seed=settings.seed + i,
+                steps=settings.steps,
+                guidance=settings.guidance,
+                scheduler=settings.scheduler,
+                on_unet_input=on_unet,
+                on_unet_output=on_out,
+            )
+        ]
     )
     arrays = {
         "unet.sample": np.stack(rec["sample"]),

@@ -98,7 +98,7 @@ def augmented_model(model_path: Path, tensors: list[str]) -> Path:
     return Path(tmp)
 
 
-def augmented_session(model_path: Path, tensors: list[str]):
+def augmented_session(model_path: Path, tensors: list[str], arena: bool = False):
     """An ONNX Runtime session of the graph with ``tensors`` as extra outputs.
 
     No graph optimisation: the tensors keep their names, and every node computes the same numbers
@@ -106,11 +106,16 @@ def augmented_session(model_path: Path, tensors: list[str]):
     rounding), so the calibration capture's trajectories do not depend on the target's tensors. At
     SD1.5 size it is no slower than the optimised graph: 10.5 s per call for both, one batch item at a
     time against the pair at once (x86-vnni, 2 cores, medians of 3; the optimised graph with the
-    tensors as outputs took 12.2 s). A capture's extra time per call is the folding (1.1 s per item).
+    tensors as outputs took 12.2 s).
     ONNX Runtime's default thread count (the machine's cores), on purpose: unfused reductions round
     differently with another count, and the cluster's workers must compute what one process does.
-    No memory arena: each call's requested activations (1.7 GB on SD1.5) are freed after the call
-    instead of growing the arena across calls (SD1.5-shaped UNet: 9.1 GB peak over 64 calls with it).
+
+    ``arena`` (the statistics' and the capture's sessions; run them with :func:`run_shrinking`):
+    ONNX Runtime's memory arena, handed back after every call. Without an arena every large
+    activation is a fresh allocation the kernel zero-fills: an SDXL-shaped UNet call at 1024 px took
+    74 s then 48 s and peaked 7.8 GB above its weights, against 46 s and 44 s and 2.8 GB with it
+    (x86-vnni, 2 cores). Without the give-back the arena grew across calls (SD1.5-shaped:
+    9.1 GB over 64 calls). Without ``arena`` (SmoothQuant's and the sensitivity's few calls): none.
     """
     import onnxruntime as ort
 
@@ -118,11 +123,23 @@ def augmented_session(model_path: Path, tensors: list[str]):
     try:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.enable_cpu_mem_arena = False
+        opts.enable_cpu_mem_arena = arena
         opts.log_severity_level = 3
         return ort.InferenceSession(str(aug), opts, providers=["CPUExecutionProvider"])
     finally:
         aug.unlink(missing_ok=True)
+
+
+def run_shrinking(sess, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``sess.run``, then the session's arena (if it has one) hands its free chunks back to the system. The outputs
+    are the caller's to drop: while they live, the chunks that hold them stay with the arena."""
+    import onnxruntime as ort
+
+    if not sess.get_session_options().enable_cpu_mem_arena:
+        return sess.run(names, feeds)
+    opts = ort.RunOptions()
+    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return sess.run(names, feeds, opts)
 
 
 def dynamic_batch(sess) -> bool:
@@ -154,7 +171,7 @@ def collect(
     """
     fresh = samples if callable(samples) else None
     st = Stats(list(tensors), list(timesteps), {t: [Hist.empty() for _ in timesteps] for t in tensors})
-    sess = session if session is not None else augmented_session(model_path, tensors)
+    sess = session if session is not None else augmented_session(model_path, tensors, arena=True)
     parts = [list(tensors)]
     if session is None and fresh is not None:
         parts = plan_parts(sess, tensors, fresh(), max_bytes, desc)
@@ -163,7 +180,7 @@ def collect(
             _trim()
     for k, part in enumerate(parts):
         if sess is None:
-            sess = augmented_session(model_path, part)
+            sess = augmented_session(model_path, part, arena=True)
         what = desc if len(parts) == 1 or not desc else f"{desc} (part {k + 1}/{len(parts)})"
         _run_pass(sess, part, fresh() if fresh is not None else samples, st, total, what)
         if len(parts) > 1:
@@ -179,7 +196,7 @@ def _run_pass(sess, tensors: list[str], samples: Samples, st: Stats, total: int,
     for step, feeds in calls:
         given = {k: v for k, v in feeds.items() if k in inputs}
         for item in _batch_items(given) if split else [given]:
-            outs = sess.run(tensors, item)
+            outs = run_shrinking(sess, tensors, item)
             _fold(st, tensors, outs, step)
             del outs
 
@@ -295,7 +312,7 @@ def predict_sizes(sess, tensors: list[str], feeds: dict[str, np.ndarray]) -> dic
     for f in (4, 2):
         shrunk = dict(feeds)
         shrunk[name] = np.ascontiguousarray(feeds[name][..., : h // f, : w // f])
-        outs = sess.run(tensors, shrunk)
+        outs = run_shrinking(sess, tensors, shrunk)
         small.append([int(o.nbytes) for o in outs])
         del outs
     sizes = {}
@@ -359,7 +376,7 @@ def collect_shards(model_path: Path, tensors: list[str], cap, name: str, shards,
     sess = _SESSION.get(key) if reuse else None
     if reuse and sess is None:
         _SESSION.clear()
-        sess = _SESSION[key] = augmented_session(model_path, tensors)
+        sess = _SESSION[key] = augmented_session(model_path, tensors, arena=True)
     total = sum(len(steps) if steps is not None else 1 for _, steps in shards)
     return collect(model_path, tensors, component_samples(cap, name, shards), timesteps, total, "", sess)
 
@@ -419,7 +436,7 @@ class CaptureStats:
         self.chosen = set(req.chosen)
         self.max_bytes = req.max_bytes
         self.fits: bool | None = None if self.chosen else False  # decided on the first call
-        self.session = augmented_session(req.graph, self.tensors if self.fits is None else [])
+        self.session = augmented_session(req.graph, self.tensors if self.fits is None else [], arena=True)
         names = set(self.tensors)
         self.outputs = [o.name for o in self.session.get_outputs() if o.name not in names]
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -445,7 +462,7 @@ class CaptureStats:
         if not self.fits:  # the plain graph: no call's activations held as outputs
             self.session = None
             _trim()
-            self.session = augmented_session(self.graph, [])
+            self.session = augmented_session(self.graph, [], arena=True)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         given = {k: v for k, v in feeds.items() if k in self.input_names}
@@ -460,9 +477,9 @@ class CaptureStats:
         wanted = self.outputs + (self.tensors if fold else [])
         outs: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for item in _batch_items(given) if self.split else [given]:
-            res = self.session.run(wanted, item)
+            res = run_shrinking(self.session, wanted, item)
             for k in range(len(self.outputs)):
-                outs[k].append(res[k])
+                outs[k].append(np.array(res[k]))  # a copy: an output keeps the whole arena alive
             if fold:
                 _fold(self.stats, self.tensors, res[len(self.outputs) :], step)
             del res

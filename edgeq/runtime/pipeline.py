@@ -62,7 +62,9 @@ class GenerateOptions:
 class Pipeline:
     """A loaded build. Runners per component come from the manifest's ``runtime`` entry."""
 
-    def __init__(self, build: Path, runners: dict[str, RunnerFactory] | None = None):
+    def __init__(self, build: Path, runners: dict[str, RunnerFactory] | None = None, decoder: bool = True):
+        """``decoder=False``: no VAE decoder loaded (:meth:`denoise_many` only: the calibration capture
+        keeps final latents, and an FP32 decoder's session at 1024 px is gigabytes)."""
         self.build = Path(build)
         self.manifest = read_manifest(self.build)
         integrity.verify(self.build, self.manifest)  # each file hashed once, then trusted while unchanged
@@ -71,8 +73,8 @@ class Pipeline:
         factories = {"onnxruntime": default_runner, **(runners or {})}
         self.runners: dict[str, Runner] = {}
         for name, info in self.manifest["components"].items():
-            if name == "vae_encoder":
-                continue  # text-to-image does not need it; load on demand
+            if name == "vae_encoder" or (name == "vae_decoder" and not decoder):
+                continue  # text-to-image does not need the encoder; load on demand
             rt = info.get("runtime", "onnxruntime")
             if rt not in factories:
                 raise EdgeqError(
@@ -110,6 +112,10 @@ class Pipeline:
         any. Each image is what :meth:`generate` makes of its options alone; a UNet with one graph per
         timestep group that keeps one graph loaded at a time switches graphs once per group, not once
         per image."""
+        return [self.decode(z) for z in self.denoise_many(opts)]
+
+    def denoise_many(self, opts: list[GenerateOptions]) -> list[np.ndarray]:
+        """The final latents of :meth:`generate_many`, not decoded."""
         runs = [self._denoise(o) for o in opts]
         final: list[np.ndarray | None] = [None] * len(runs)
         active = list(range(len(runs)))
@@ -122,7 +128,7 @@ class Pipeline:
                 except StopIteration as done:
                     final[k] = done.value
             active = still
-        return [self.decode(z) for z in final]
+        return [z for z in final if z is not None]
 
     def _denoise(self, o: GenerateOptions) -> Generator[None, None, np.ndarray]:
         """The denoising loop of one image as a generator: yields after each UNet call, returns the
