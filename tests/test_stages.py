@@ -231,3 +231,18 @@ def test_long_stage_prints_its_estimate_from_the_first_item(monkeypatch, capsys)
         "capture: 32 prompts, the first took 100.00 s: about 53 min in all; --num-calib sets the count"
     )
     assert prog.duration(7200) == "2.0 h" and prog.duration(45) == "45 s"
+
+
+def test_build_estimate_leaves_out_cached_statistics():
+    """The estimate printed after the first FP32 call names each stage's calls and knob; statistics
+    that are cached cost nothing and are not listed."""
+    from types import SimpleNamespace
+
+    from edgeq.stages.calibration import build_estimate
+
+    plan = SimpleNamespace(calib_calls=4, num_calib=1, num_heldout=1, groups=4, group_mode="auto")
+    ctx = SimpleNamespace(plan=plan)
+    fresh = build_estimate(ctx, 10.0, 4)
+    assert "statistics ~" in fresh and "--calib-calls" in fresh and "capture ~" in fresh
+    cached = build_estimate(ctx, 10.0, 4, stats_cached=True)
+    assert "statistics" not in cached and "capture ~" in cached and "UNet checks ~" in cached

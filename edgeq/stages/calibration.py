@@ -33,6 +33,7 @@ def capture_set(ctx: Context, which: str) -> Capture:
     folder = ctx.stages.path(f"capture-{which}", asdict(settings))
     req, dst = capture_stats_request(ctx, folder, settings) if which == "calibration" else (None, None)
     folding = req is not None and bool(req.chosen)
+    cached = dst is not None and dst.is_file()
     with ctx.stages.timed(f"capture_{which}_s"):
         cap = capture(
             ctx.export.folder,
@@ -40,7 +41,7 @@ def capture_set(ctx: Context, which: str) -> Capture:
             settings,
             f"capture {which}",
             ctx.cluster,
-            on_first=(lambda s: ctx.stages.log(build_estimate(ctx, s, steps, folding)))
+            on_first=(lambda s: ctx.stages.log(build_estimate(ctx, s, steps, folding, cached)))
             if which == "calibration"
             else None,
             stats=req,
@@ -94,13 +95,15 @@ def capture_stats_request(ctx: Context, folder: Path, settings: CaptureSettings)
 STATISTICS_CALL_FACTOR = 1.5
 
 
-def build_estimate(ctx: Context, call: float, steps: int, stats_in_capture: bool = False) -> str:
+def build_estimate(
+    ctx: Context, call: float, steps: int, stats_in_capture: bool = False, stats_cached: bool = False
+) -> str:
     """What the build's UNet calls will cost, from the first FP32 UNet call of the calibration capture
     (``call`` seconds; printed right after it, before the first prompt is done): each stage's calls
     times that call's time, with the option that sets the count. The first call carries the session's
     warm-up and INT8 calls are counted at the FP32 call's time, so the estimate errs long; cached
     stages are skipped; fixed costs (session loads, Q/DQ insertion, packaging) come on top, which at
-    full size are small beside the calls."""
+    full size are small beside the calls. ``stats_cached``: the UNet statistics are cached (no row)."""
     from edgeq.progress import duration
 
     p = ctx.plan
@@ -116,6 +119,8 @@ def build_estimate(ctx: Context, call: float, steps: int, stats_in_capture: bool
         ("UNet checks", p.num_heldout * steps * variants * call, "--num-heldout, --group-mode"),
         ("end-to-end checks", p.num_heldout * steps * call, "--num-heldout"),
     ]
+    if stats_cached:
+        rows.pop(1)
     total = sum(r[1] for r in rows)
     parts = "; ".join(f"{name} ~{duration(s)} ({knob})" for name, s, knob in rows)
     return (
