@@ -75,6 +75,13 @@ def test_second_export_is_reused(tiny_models, tiny_exports):
     before = (tiny_exports["sd15"] / "manifest.json").stat().st_mtime_ns
     result = export(resolve(str(tiny_models["sd15"])), tiny_exports["sd15"], log=lambda *_: None)
     assert result.reused and (tiny_exports["sd15"] / "manifest.json").stat().st_mtime_ns == before
+    # a dynamic export serves any batch (guidance 0 runs one item): the traced batch does not key it
+    one = export(resolve(str(tiny_models["sd15"])), tiny_exports["sd15"], ExportSettings(batch=1), log=lambda *_: None)
+    assert one.reused
+    source = resolve(str(tiny_models["sd15"]))
+    assert export_mod.cache_key(source, ExportSettings(static=True, batch=1)) != export_mod.cache_key(
+        source, ExportSettings(static=True, batch=2)
+    )
 
 
 def test_static_shapes_and_external_data(tiny_models, tmp_path, monkeypatch):

@@ -62,7 +62,9 @@ def cache_key(source: WeightSource, settings: ExportSettings) -> str:
             "model": source.spec.name,
             "family": source.spec.family,
             "weights": source.fingerprint(),
-            "settings": asdict(settings),
+            # the traced batch matters only to a static export: a dynamic one serves any batch (an SDXL
+            # export at 1024 px was redone, 9 min, when only --guidance 0 changed it from 2 to 1)
+            "settings": asdict(settings) if settings.static else {**asdict(settings), "batch": None},
             "versions": {k: v.get(k) for k in ("edgeq", "torch", "diffusers", "transformers", "onnx")},
         },
         sort_keys=True,
@@ -237,7 +239,9 @@ def _export_pipeline(
                 "static": settings.static,
                 "axes": axes if settings.static else {k: "dynamic" for k in ("batch", "height", "width")},
             },
-            "settings": asdict(settings),
+            # the traced batch matters only to a static export: a dynamic one serves any batch (an SDXL
+            # export at 1024 px was redone, 9 min, when only --guidance 0 changed it from 2 to 1)
+            "settings": asdict(settings) if settings.static else {**asdict(settings), "batch": None},
             "components": components,
             "tokenizers": tokenizers,
             "scheduler_config": "scheduler/scheduler_config.json",
