@@ -133,13 +133,11 @@ def augmented_session(model_path: Path, tensors: list[str], arena: bool = False)
 def run_shrinking(sess, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """``sess.run``, then the session's arena (if it has one) hands its free chunks back to the system. The outputs
     are the caller's to drop: while they live, the chunks that hold them stay with the arena."""
-    import onnxruntime as ort
+    from edgeq.runtime.sessions import shrinking_run_options
 
     if not sess.get_session_options().enable_cpu_mem_arena:
         return sess.run(names, feeds)
-    opts = ort.RunOptions()
-    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    return sess.run(names, feeds, opts)
+    return sess.run(names, feeds, shrinking_run_options())
 
 
 def dynamic_batch(sess) -> bool:

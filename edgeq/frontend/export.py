@@ -239,9 +239,7 @@ def _export_pipeline(
                 "static": settings.static,
                 "axes": axes if settings.static else {k: "dynamic" for k in ("batch", "height", "width")},
             },
-            # the traced batch matters only to a static export: a dynamic one serves any batch (an SDXL
-            # export at 1024 px was redone, 9 min, when only --guidance 0 changed it from 2 to 1)
-            "settings": asdict(settings) if settings.static else {**asdict(settings), "batch": None},
+            "settings": asdict(settings),
             "components": components,
             "tokenizers": tokenizers,
             "scheduler_config": "scheduler/scheduler_config.json",

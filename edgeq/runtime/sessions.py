@@ -37,6 +37,15 @@ def weight_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in files if f.is_file())
 
 
+def shrinking_run_options():
+    """Run options that make a CPU session's memory arena hand its free chunks back after the call."""
+    import onnxruntime as ort
+
+    opts = ort.RunOptions()
+    opts.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return opts
+
+
 class OrtRunner:
     """An ONNX Runtime CPU session: full graph optimisation (Q/DQ fused into int8 kernels), or none
     (``optimize=False``: Q/DQ as exact arithmetic, and ``.ort`` files as a minimal build runs them).
@@ -53,12 +62,10 @@ class OrtRunner:
         opts.intra_op_num_threads = threads or int(os.environ.get("EDGEQ_THREADS", "0"))
         opts.log_severity_level = 3  # errors only: FP16 graphs warn about every constant it cannot fold
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.run_options = ort.RunOptions()
-        if self.arena:
-            # hand the arena's free chunks back after every call: a VAE decoder at 512 px kept 2.3 GB
-            # after two calls with the arena and 0.44 GB with this, at the same time per call; on
-            # tiny-sd's UNet and VAE the time per call was unchanged (2026-12-03, AVX512-VNNI machine)
-            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        # hand the arena's free chunks back after every call: a VAE decoder at 512 px kept 2.3 GB
+        # after two calls with the arena and 0.44 GB with this, at the same time per call; on
+        # tiny-sd's UNet and VAE the time per call was unchanged (2026-12-03, AVX512-VNNI machine)
+        self.run_options = shrinking_run_options() if self.arena else ort.RunOptions()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
