@@ -70,7 +70,8 @@ def _run(opts: BuildOptions, target, until: str | None, log, t_start: float, clu
         if until == "quantize":
             return BuildResult(ctx.plan, until, out)
         with ctx.stages.timed("kernel_fidelity_s"):
-            images = check_fidelity(ctx, target, unet, chosen, held_cap, stage, log)
+            checked = metrics.outputs.get(chosen) if metrics is not None else None
+            images = check_fidelity(ctx, target, unet, chosen, held_cap, stage, log, checked)
         rep = check_folder(stage, ctx=ctx, held_cap=held_cap, int8_images=images)
     rep = target.finish(out, ctx, held_cap, rep, log)  # device engines, after the portable checks
     return BuildResult(ctx.plan, None, out, rep)

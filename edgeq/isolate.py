@@ -59,14 +59,14 @@ def run_isolated(what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
 
 
 def is_large(graph: Path) -> bool:
-    """Whether a step on this ONNX graph runs in a child process: over 1 GiB of weights (the limit
-    above which its ONNX Runtime sessions also run without the memory arena). ONNX Runtime's quantizer
+    """Whether a step on this ONNX graph runs in a child process: over 1 GiB of weights
+    (:data:`edgeq.runtime.sessions.LARGE_GRAPH_BYTES`). ONNX Runtime's quantizer
     holds the FP32 model, its shape-inferred copy and the Q/DQ model, and what it touched stays in the
     process: an SDXL UNet's second group graph took the build from 12 to 23.5 GB, and the kernel
     killed it. A child gives it all back when it exits."""
-    from edgeq.runtime.sessions import ARENA_MAX_WEIGHT_BYTES, weight_bytes
+    from edgeq.runtime.sessions import LARGE_GRAPH_BYTES, weight_bytes
 
-    return weight_bytes(graph) > ARENA_MAX_WEIGHT_BYTES
+    return weight_bytes(graph) > LARGE_GRAPH_BYTES
 
 
 def run_for_graph(graph: Path, what: str, fn: Callable, *args: Any, isolate: bool | None = None) -> Any:

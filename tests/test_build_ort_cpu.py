@@ -62,6 +62,24 @@ def test_full_recheck_makes_the_images_again_and_agrees(tiny_build, tmp_path):
         assert again[k] == pytest.approx(built[k], rel=1e-9), k
 
 
+def test_host_device_check_reuses_the_unet_checks_outputs_and_agrees(tiny_build, tmp_path):
+    """The build's own device check takes the deployed graphs' outputs of the bundle's calls from the
+    UNet checks (ort-cpu checks run the packaged graphs with the deployable's runner); `edgeq check`
+    runs those calls again: the same kernel-fidelity figures, bit for bit."""
+    root, r = tiny_build
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "outputs of the bundle's" in r.stdout and "come from the UNet checks" in r.stdout
+    host = json.loads((root / "out" / "manifest.json").read_text())["kernel_fidelity"]["host"]
+    p = cli("check", str(root / "out"), "--calls-only", "--report", str(tmp_path))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    again = json.loads((tmp_path / "device_report.json").read_text())
+    assert again["family"] == host["family"]
+    assert [g["calls"] for g in again["groups"]] == [g["calls"] for g in host["groups"]]
+    for a, b in zip(again["groups"], host["groups"]):
+        for k in ("exact_db", "deployed_db", "gap_db", "kernel_db"):
+            assert a[k] == b[k], (k, a, b)
+
+
 def test_build_folder_contents(tiny_build):
     root, _ = tiny_build
     out = root / "out"

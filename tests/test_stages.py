@@ -246,3 +246,31 @@ def test_build_estimate_leaves_out_cached_statistics():
     assert "statistics ~" in fresh and "--calib-calls" in fresh and "capture ~" in fresh
     cached = build_estimate(ctx, 10.0, 4, stats_cached=True)
     assert "statistics" not in cached and "capture ~" in cached and "UNet checks ~" in cached
+
+
+def test_fp32_decoder_decodes_each_held_out_latent_once(tiny_exports):
+    """The checks' FP32 VAE decoder (the VAE's PSNR and the end-to-end reference decode the same
+    held-out latents) runs each distinct latent once and hands back the same images."""
+    import numpy as np
+
+    from edgeq.runtime.sessions import OrtRunner
+    from edgeq.stages.checks import DecodeOnce
+
+    class Counting:
+        def __init__(self, runner):
+            self.runner, self.calls, self.input_names = runner, 0, runner.input_names
+
+        def run(self, feeds):
+            self.calls += 1
+            return self.runner.run(feeds)
+
+    inner = Counting(OrtRunner(tiny_exports["sd15"] / "vae_decoder" / "model.onnx"))
+    dec = DecodeOnce(inner)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((1, 4, 8, 8)).astype(np.float32) for _ in range(2))
+    first = dec.run({"latent_sample": a})["sample"]
+    again = dec.run({"latent_sample": a.copy()})["sample"]  # equal content, another array
+    other = dec.run({"latent_sample": b})["sample"]
+    assert inner.calls == 2
+    assert np.array_equal(first, again) and np.array_equal(first, inner.runner.run({"latent_sample": a})["sample"])
+    assert not np.array_equal(first, other)

@@ -55,7 +55,7 @@ def validate_graph(
     ref: list[np.ndarray], comp: ComponentSpec, path: Path, feeds: dict[str, np.ndarray], out_names: list[str]
 ) -> list[Validation]:
     """ONNX Runtime against torch's outputs ``ref`` (:func:`torch_outputs`) on ``feeds``: each
-    output's max absolute and relative error. Graphs over 1 GiB run without the memory arena."""
+    output's max absolute and relative error."""
     from edgeq.runtime.sessions import OrtRunner
 
     out = OrtRunner(path).run(feeds)

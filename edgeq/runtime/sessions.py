@@ -22,12 +22,9 @@ class Runner(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-# Graphs with more weights than this run without ONNX Runtime's CPU memory arena. The arena keeps
-# every activation buffer it ever allocated: the SD1.5-shaped FP32 UNet at batch 2 (3.3 GB of
-# weights) held 7.7 GB after its second call with the arena and 3.4 GB without it (peak 6.2 GB), at
-# the same time per call (2026-12-02, AVX512-VNNI machine). Small graphs keep it: their buffers are
-# small and reused, and allocation is a larger share of a short call.
-ARENA_MAX_WEIGHT_BYTES = 1 << 30
+# Graphs over this much weight are "large": the build runs steps on them (Q/DQ insertion, the
+# shortcut split) in a child process (:func:`edgeq.isolate.is_large`).
+LARGE_GRAPH_BYTES = 1 << 30
 
 
 def weight_bytes(path: Path) -> int:
@@ -49,14 +46,21 @@ def shrinking_run_options():
 class OrtRunner:
     """An ONNX Runtime CPU session: full graph optimisation (Q/DQ fused into int8 kernels), or none
     (``optimize=False``: Q/DQ as exact arithmetic, and ``.ort`` files as a minimal build runs them).
-    Graphs over :data:`ARENA_MAX_WEIGHT_BYTES` run without the CPU memory arena."""
+    It runs with ONNX Runtime's CPU memory arena, which hands its free chunks back after every call,
+    and hands out copies of its outputs.
+
+    Large graphs too: the SD1.5-shaped FP32 UNet at batch 2, 64x64 latents, took 17.1, 12.0, 11.5 s
+    per call and peaked at 6.23 GB without the arena (every large activation a fresh allocation the
+    kernel zero-fills: 7.0 M page faults, 17.5 s of system time), and 10.7, 10.3, 11.0 s and 5.55 GB
+    with it handed back (4.1 M, 9.2 s; ``tools/bench_session_arena.py --optimize --batch 2``,
+    x86-vnni, 2 cores, 2026-12-03). Kept without the give-back, the arena held 7.7 GB after two calls."""
 
     def __init__(self, path: Path, threads: int | None = None, optimize: bool = True):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        self.arena = weight_bytes(path) <= ARENA_MAX_WEIGHT_BYTES
-        opts.enable_cpu_mem_arena = self.arena
+        self.arena = True
+        opts.enable_cpu_mem_arena = True
         level = ort.GraphOptimizationLevel
         opts.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
         opts.intra_op_num_threads = threads or int(os.environ.get("EDGEQ_THREADS", "0"))
@@ -65,18 +69,17 @@ class OrtRunner:
         # hand the arena's free chunks back after every call: a VAE decoder at 512 px kept 2.3 GB
         # after two calls with the arena and 0.44 GB with this, at the same time per call; on
         # tiny-sd's UNet and VAE the time per call was unchanged (2026-12-03, AVX512-VNNI machine)
-        self.run_options = shrinking_run_options() if self.arena else ort.RunOptions()
+        self.run_options = shrinking_run_options()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
         outs = self.session.run(self.output_names, feeds, self.run_options)
-        if self.arena:
-            # An output array ONNX Runtime hands over lives in the session's arena and keeps the whole
-            # arena alive, after the session too: the verification bundle's 22 kept outputs held four
-            # per-group sessions' arenas, 12 GB at SD1.5 size (2026-12-03). A copy frees it.
-            outs = [np.array(v, copy=True) for v in outs]
+        # An output array ONNX Runtime hands over lives in the session's arena and keeps the whole
+        # arena alive, after the session too: the verification bundle's 22 kept outputs held four
+        # per-group sessions' arenas, 12 GB at SD1.5 size (2026-12-03). A copy frees it.
+        outs = [np.array(v, copy=True) for v in outs]
         return dict(zip(self.output_names, outs))
 
 

@@ -154,12 +154,40 @@ def emulated_check(stage: Path, family: str, log=print) -> DeviceCheck | None:
     return replace(res, emulated=True)
 
 
-def check_fidelity(ctx: Context, target, unet: QuantizedUnet | None, mode: str, held: Capture, stage: Path, log=print):
+def checked_outputs(stage: Path, checked: dict[tuple[int, int], np.ndarray] | None) -> list[np.ndarray] | None:
+    """The deployed UNet's outputs of the bundle's calls, in the bundle's order, from the UNet checks'
+    (prompt, step) -> output; None where the checks did not run one of them."""
+    if not checked:
+        return None
+    calls = json.loads((stage / BUNDLE).read_text())["calls"]
+    keys = [(c["prompt"], c["step"]) for c in calls]
+    return [checked[k] for k in keys] if all(k in checked for k in keys) else None
+
+
+def check_fidelity(
+    ctx: Context,
+    target,
+    unet: QuantizedUnet | None,
+    mode: str,
+    held: Capture,
+    stage: Path,
+    log=print,
+    checked: dict[tuple[int, int], np.ndarray] | None = None,
+):
     """Write the bundle, then measure the kernels against the exact arithmetic, here and emulated.
     Returns the host's INT8 images of the bundle's prompts (held-out prompts 0.., seeds
-    ``HELDOUT_SEED + i``), which the end-to-end check reuses."""
+    ``HELDOUT_SEED + i``), which the end-to-end check reuses. ``checked``: the deployed variant's
+    outputs of the bundle's calls as the UNet checks computed them, on a target whose checks run the
+    packaged graphs as the deployable does (``target.checks_run_as_deployed``); the host's device check
+    uses them rather than running those calls again (the same graphs, runner and inputs give the same
+    numbers)."""
     files = write_bundle(ctx, unet, mode, held, stage)
     _record_artifacts(stage, [str(f.relative_to(stage)) for f in files])
+    known = checked_outputs(stage, checked) if getattr(target, "checks_run_as_deployed", False) else None
+    if known is not None:
+        log(
+            f"kernel fidelity: the deployed graphs' outputs of the bundle's {len(known)} calls come from the UNet checks"
+        )
     from edgeq.runtime.sessions import one_group_at_a_time
 
     runners = target.runners()
@@ -170,7 +198,9 @@ def check_fidelity(ctx: Context, target, unet: QuantizedUnet | None, mode: str, 
         # the files were just written and hashed by the pipeline that made the host images: no second
         # pass; the host's images are the ones just made
         family = cpu_mod.effective_family(runtime)
-        host = device_check(stage, runners=runners, family=family, recheck=False, generated=images, log=log)
+        host = device_check(
+            stage, runners=runners, family=family, recheck=False, generated=images, unet_outputs=known, log=log
+        )
     emulated: dict[str, dict] = {}
     cpu = ctx.profile.cpu
     if unet is not None and mode != "float" and cpu is not None and cpu.check_other_families:

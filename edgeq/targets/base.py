@@ -38,6 +38,9 @@ class Target:
     # True: its int8 kernels are the CPU's and differ by CPU family (a [cpu] section, 7/8-bit weights
     # by family, and a kernel-fidelity gate comparing them with the exact Q/DQ arithmetic)
     cpu_kernels: ClassVar[bool] = False
+    # True: the UNet checks run the very graphs the package ships with the runner the deployable uses,
+    # so their outputs of the verification bundle's calls are the host's device-check outputs too
+    checks_run_as_deployed: ClassVar[bool] = False
 
     def __init__(self, profile: Any = None):
         self.profile = profile

@@ -23,6 +23,7 @@ class OrtCpuTarget(Target):
     description = "ONNX Runtime on x86/ARM CPUs (W8A8 Q/DQ, U8S8)"
     runtime = "onnxruntime"
     cpu_kernels = True
+    checks_run_as_deployed = True  # the package copies the checked graphs; both run them with OrtRunner
     install = "pip install onnxruntime"
 
     def package(self, ctx, stage: Path, unet, mode: str, vae_dir: Path | None) -> tuple[list[Path], dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -41,9 +42,16 @@ class Gate:
 
 
 def unet_groups(
-    fp32: Runner, quant: Runner, capture: Capture, groups: list[dict], desc: str = "check unet"
+    fp32: Runner,
+    quant: Runner,
+    capture: Capture,
+    groups: list[dict],
+    desc: str = "check unet",
+    keep: Collection[tuple[int, int]] = (),
+    kept: dict[tuple[int, int], np.ndarray] | None = None,
 ) -> list[dict]:
-    """Noise-prediction SQNR and cosine per timestep group on held-out captured UNet inputs."""
+    """Noise-prediction SQNR and cosine per timestep group on held-out captured UNet inputs. The
+    quantized outputs of the (prompt, step) calls in ``keep`` go into ``kept``."""
     from edgeq.runtime.sessions import OneGroupRunner
 
     acc = [{"sig": 0.0, "err": 0.0, "dot": 0.0, "qq": 0.0, "n": 0} for _ in groups]
@@ -53,7 +61,10 @@ def unet_groups(
         samples = capture.unet_samples()
     for s in progress(samples, total=len(capture), desc=desc, unit="call", knob="--num-heldout"):
         ref = (s.reference if s.reference is not None else fp32.run(s.feeds)["out_sample"]).astype(np.float64)
-        q = quant.run(s.feeds)["out_sample"].astype(np.float64)
+        out = quant.run(s.feeds)["out_sample"]
+        if kept is not None and (s.prompt_index, s.step) in keep:
+            kept[(s.prompt_index, s.step)] = np.array(out, np.float32)
+        q = out.astype(np.float64)
         a = acc[group_for(groups, s.timestep)]
         a["sig"] += float((ref**2).sum())
         a["err"] += float(((ref - q) ** 2).sum())
