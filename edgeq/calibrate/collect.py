@@ -85,21 +85,72 @@ class Stats:
         return st
 
 
-def augmented_model(model_path: Path, tensors: list[str]) -> Path:
-    """A copy of the graph (beside the original, sharing its external data) with ``tensors`` as outputs."""
+# Calibrated tensors over this many bytes per batch item are sampled for their statistics: every k-th
+# row along their second-to-last axis (an attention's query rows, an image's rows), k the smallest
+# stride that brings them under it. At 1024 px an SDXL UNet's self-attention scores and
+# probabilities are 671 MB each per batch item (10 heads x 4096 x 4096); the openvino flavour's
+# 2087 tensors came to 39.3 GB per call, 15 passes over the calls under a 20 GB ceiling. The limit
+# is fixed, not memory-dependent: the same model and resolution give the same statistics on any
+# machine. A uniform sample of several million values gives the same histogram shape; the range
+# methods choose from that shape (tiny-sd with its tensors sampled alike: see the README).
+# ``EDGEQ_SAMPLE_MB`` overrides it (for such measurements; it is part of the statistics' cache key).
+SAMPLE_BYTES = int(float(os.environ.get("EDGEQ_SAMPLE_MB", "64")) * 2**20)
+
+
+def sampled_output(tensor: str, stride: int) -> str:
+    """The graph output that carries ``tensor`` (every ``stride``-th row where sampled)."""
+    return tensor if stride <= 1 else f"{tensor}::every{stride}"
+
+
+def sample_strides(shapes: dict[str, list[int]], limit: int | None = None) -> dict[str, int]:
+    """Tensors (float32, one batch item's ``shapes``) over ``limit`` bytes (None:
+    :data:`SAMPLE_BYTES`) -> their row stride."""
+    limit = SAMPLE_BYTES if limit is None else limit
+    out = {}
+    for t, shape in shapes.items():
+        size = 4 * int(np.prod(shape))
+        if size > limit and len(shape) >= 2 and shape[-2] > 1:
+            out[t] = min(-(-size // limit), shape[-2])
+    return out
+
+
+def sampled_bytes(shape: list[int], stride: int) -> int:
+    """Bytes of one batch item of a tensor of ``shape`` sampled every ``stride``-th row."""
+    size = 4 * int(np.prod(shape))
+    return size if stride <= 1 else size // shape[-2] * -(-shape[-2] // stride)
+
+
+def augmented_model(model_path: Path, tensors: list[str], strides: dict[str, int] | None = None) -> Path:
+    """A copy of the graph (beside the original, sharing its external data) with ``tensors`` as outputs
+    (those in ``strides`` through a Slice that keeps every k-th row of their second-to-last axis)."""
+    from onnx import helper, numpy_helper
+
     model = onnx.load(str(model_path), load_external_data=False)
     existing = {o.name for o in model.graph.output}
+    strides = strides or {}
     for t in tensors:
-        if t not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+        k = strides.get(t, 1)
+        name = sampled_output(t, k)
+        if name in existing:
+            continue
+        if k > 1:
+            consts = {"starts": 0, "ends": np.iinfo(np.int64).max, "axes": -2, "steps": k}
+            ins = [t]
+            for what, v in consts.items():
+                c = f"{name}/{what}"
+                model.graph.initializer.append(numpy_helper.from_array(np.array([v], np.int64), c))
+                ins.append(c)
+            model.graph.node.append(helper.make_node("Slice", ins, [name], name=f"{name}/slice"))
+        model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     fd, tmp = tempfile.mkstemp(prefix=".calib-", suffix=".onnx", dir=model_path.parent)
     os.close(fd)
     onnx.save_model(model, tmp)
     return Path(tmp)
 
 
-def augmented_session(model_path: Path, tensors: list[str], arena: bool = False):
-    """An ONNX Runtime session of the graph with ``tensors`` as extra outputs.
+def augmented_session(model_path: Path, tensors: list[str], arena: bool = False, strides: dict[str, int] | None = None):
+    """An ONNX Runtime session of the graph with ``tensors`` as extra outputs (sampled as ``strides``
+    says: :func:`sample_strides`; fetch them by :func:`sampled_output`).
 
     No graph optimisation: the tensors keep their names, and every node computes the same numbers
     whichever tensors are outputs (a fusion that an extra output blocks would otherwise change the
@@ -119,7 +170,7 @@ def augmented_session(model_path: Path, tensors: list[str], arena: bool = False)
     """
     import onnxruntime as ort
 
-    aug = augmented_model(Path(model_path), tensors)
+    aug = augmented_model(Path(model_path), tensors, strides)
     try:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -157,6 +208,7 @@ def collect(
     desc: str = "statistics",
     session=None,
     max_bytes: int | None = None,
+    strides: dict[str, int] | None = None,
 ) -> Stats:
     """Fold every sample's activations of ``tensors`` into per-step histograms.
 
@@ -164,37 +216,72 @@ def collect(
     a callable returning a fresh iterable, the calls can be run more than once: then, where one call's
     activations would take this process over ``max_bytes`` (None: the memory the system has available
     now), the tensors are split into parts, one pass over the calls per part (:func:`plan_parts`).
-    ``session``: an :func:`augmented_session` of these tensors to reuse (cluster workers keep one);
-    with it, one pass.
+    Tensors over :data:`SAMPLE_BYTES` per batch item are sampled (:func:`sample_strides`, from the
+    first call's shapes). ``session``: an :func:`augmented_session` of these tensors made with
+    ``strides`` to reuse (cluster workers keep one); with it, one pass.
     """
     fresh = samples if callable(samples) else None
     st = Stats(list(tensors), list(timesteps), {t: [Hist.empty() for _ in timesteps] for t in tensors})
-    sess = session if session is not None else augmented_session(model_path, tensors, arena=True)
+    sess = session
     parts = [list(tensors)]
     if session is None and fresh is not None:
-        parts = plan_parts(sess, tensors, fresh(), max_bytes, desc)
-        if len(parts) > 1:
-            sess = None  # each part gets its own session, one at a time
-            _trim()
+        plan = plan_parts(None, tensors, fresh(), max_bytes, desc, graph=Path(model_path))
+        parts, strides = plan.parts, plan.strides
+    elif session is None:
+        samples, strides = peek_strides(Path(model_path), tensors, samples)
+    strides = strides or {}
     for k, part in enumerate(parts):
         if sess is None:
-            sess = augmented_session(model_path, part, arena=True)
+            sess = augmented_session(model_path, part, arena=True, strides=strides)
         what = desc if len(parts) == 1 or not desc else f"{desc} (part {k + 1}/{len(parts)})"
-        _run_pass(sess, part, fresh() if fresh is not None else samples, st, total, what)
+        _run_pass(sess, part, fresh() if fresh is not None else samples, st, total, what, strides)
         if len(parts) > 1:
             sess = None
             _trim()
     return st
 
 
-def _run_pass(sess, tensors: list[str], samples: Samples, st: Stats, total: int, desc: str) -> None:
+def peek_strides(graph: Path, tensors: list[str], samples: Samples) -> tuple[Samples, dict[str, int]]:
+    """The sampling strides of ``tensors`` at the first sample's shapes, and the samples, whole."""
+    import itertools
+
+    it = iter(samples)
+    first = next(it, None)
+    if first is None:
+        return iter(()), {}
+    return itertools.chain([first], it), sample_strides(tensor_shapes(graph, tensors, _one_item(graph, first[1])))
+
+
+def _one_item(graph: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feeds`` as one batch item where the graph's batch axis is dynamic."""
+    g = onnx.load(str(graph), load_external_data=False).graph
+    inp = next((i for i in g.input if i.name == "sample"), None)
+    if inp is None or inp.type.tensor_type.shape.dim[0].HasField("dim_value"):
+        return feeds
+    return _batch_items(feeds)[0]
+
+
+def tensor_shapes(graph: Path, tensors: list[str], feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """Each tensor's shape for ``feeds`` by ONNX Runtime's symbolic shape inference (no weight read,
+    nothing run; 0.3 s on an SD1.5 UNet); the tensors it leaves open are left out."""
+    from edgeq.quantize.sensitivity import symbolic_shapes
+
+    model = onnx.load(str(graph), load_external_data=False)
+    names = {i.name for i in model.graph.input}
+    return symbolic_shapes(model, {k: v for k, v in feeds.items() if k in names}, list(tensors), partial=True) or {}
+
+
+def _run_pass(
+    sess, tensors: list[str], samples: Samples, st: Stats, total: int, desc: str, strides: dict[str, int]
+) -> None:
     inputs = {i.name for i in sess.get_inputs()}
     split = dynamic_batch(sess)
+    names = [sampled_output(t, strides.get(t, 1)) for t in tensors]
     calls = progress(samples, total=total, desc=desc, unit="call", knob="--calib-calls", disable=not desc)
     for step, feeds in calls:
         given = {k: v for k, v in feeds.items() if k in inputs}
         for item in _batch_items(given) if split else [given]:
-            outs = run_shrinking(sess, tensors, item)
+            outs = run_shrinking(sess, names, item)
             _fold(st, tensors, outs, step)
             del outs
 
@@ -232,29 +319,59 @@ def _fold(st: Stats, names: list[str], arrays: list[np.ndarray], step: int) -> N
 ACTIVATION_SHARE = 0.6
 
 
-def plan_parts(sess, tensors: list[str], samples: Samples, max_bytes: int | None, desc: str = "") -> list[list[str]]:
-    """The tensors split into parts whose activations of one batch item fit beside the loaded session
-    under ``max_bytes`` (None: what the system has available now plus this process's resident set).
+@dataclass(frozen=True)
+class PartPlan:
+    """How a statistics pass runs: the tensors in parts (one pass over the calls each) and the
+    sampling strides of the tensors over :data:`SAMPLE_BYTES`."""
 
-    Each tensor's size at the calls' resolution is predicted from two runs of the first call shrunk to
-    a quarter and a sixteenth of its spatial area (``size = a * area + b * area**2``: convolutions and
-    projections grow with the area, self-attention scores with its square), so the full-size
-    activations are never all held. Graphs whose spatial input is static or too small to shrink
-    (latents under 32 x 32) are one part: their activations are small.
+    parts: list[list[str]]
+    strides: dict[str, int]
+
+
+def plan_parts(
+    sess, tensors: list[str], samples: Samples, max_bytes: int | None, desc: str = "", graph: Path | None = None
+) -> PartPlan:
+    """The tensors split into parts whose activations of one batch item fit beside the loaded graph
+    under ``max_bytes`` (None: what the system has available now plus this process's resident set),
+    and the strides that sample the tensors over :data:`SAMPLE_BYTES`.
+
+    Sizes come from the graph's symbolic shapes at the first call's input shapes (``graph``: nothing
+    run, nothing held). Where those leave a tensor open, its size is predicted from two runs of the
+    first call shrunk to a quarter and a sixteenth of its spatial area (``size = a * area + b *
+    area**2``: convolutions and projections grow with the area, self-attention scores with its
+    square) on ``sess`` (or a session made for them and dropped), so the full-size activations are
+    never all held. ``sess``: the augmented session, loaded (its weights count as held), or None (the
+    graph's weights are counted as they will be once loaded). Graphs whose spatial input is static or
+    too small to shrink (latents under 32 x 32) and whose shapes are open are one part.
     """
     first = next(iter(samples), None)
     if first is None:
-        return [list(tensors)]
-    feeds = {k: v for k, v in first[1].items() if k in {i.name for i in sess.get_inputs()}}
-    if dynamic_batch(sess):
-        feeds = _batch_items(feeds)[0]
-    sizes = predict_sizes(sess, tensors, feeds)
-    if sizes is None:
-        return [list(tensors)]
+        return PartPlan([list(tensors)], {})
+    feeds = first[1]
+    shapes: dict[str, list[int]] = {}
+    if graph is not None:
+        feeds = _one_item(graph, feeds)
+        shapes = tensor_shapes(graph, tensors, feeds)
+    strides = sample_strides(shapes)
+    sizes: dict[str, int] | None = {t: sampled_bytes(shapes[t], strides.get(t, 1)) for t in shapes}
+    if len(shapes) < len(tensors):  # open shapes: the shrunk runs
+        own = sess is None
+        run_on = sess if sess is not None else augmented_session(graph, tensors, arena=True)
+        item = {k: v for k, v in feeds.items() if k in {i.name for i in run_on.get_inputs()}}
+        if graph is None and dynamic_batch(run_on):
+            item = _batch_items(item)[0]
+        predicted = predict_sizes(run_on, tensors, item)
+        if own:
+            del run_on
+            _trim()
+        if predicted is None:
+            return PartPlan([list(tensors)], strides)
+        sizes = {t: sizes[t] if t in shapes else predicted[t] for t in tensors}
+    from edgeq.runtime.sessions import weight_bytes
     from edgeq.stages.memory import tree_rss
 
-    held = tree_rss()
-    ceiling = max_bytes if max_bytes is not None else available_bytes() + held
+    held = tree_rss() + (weight_bytes(graph) if sess is None and graph is not None else 0)
+    ceiling = max_bytes if max_bytes is not None else available_bytes() + tree_rss()
     budget = int((ceiling - held) * ACTIVATION_SHARE)
     if budget < max(sizes.values()):
         raise EdgeqError(
@@ -263,6 +380,14 @@ def plan_parts(sess, tensors: list[str], samples: Samples, max_bytes: int | None
             "raise --max-memory (or free memory), or build at a smaller --height/--width",
         )
     parts = split_by_size(tensors, sizes, budget)
+    if desc and strides:
+        full = sum(4 * int(np.prod(shapes[t])) for t in strides)
+        print(
+            f"{desc}: {len(strides)} tensors over {SAMPLE_BYTES >> 20} MB per batch item "
+            f"({full / 2**30:.1f} GB in all) are sampled: every k-th row, k {min(strides.values())}-"
+            f"{max(strides.values())}",
+            flush=True,
+        )
     if len(parts) > 1 and desc:
         total = sum(sizes.values())
         print(
@@ -272,7 +397,7 @@ def plan_parts(sess, tensors: list[str], samples: Samples, max_bytes: int | None
             "--max-memory sets the ceiling)",
             flush=True,
         )
-    return parts
+    return PartPlan(parts, strides)
 
 
 def split_by_size(tensors: list[str], sizes: dict[str, int], budget: int) -> list[list[str]]:
@@ -313,6 +438,13 @@ def predict_sizes(sess, tensors: list[str], feeds: dict[str, np.ndarray]) -> dic
         outs = run_shrinking(sess, tensors, shrunk)
         small.append([int(o.nbytes) for o in outs])
         del outs
+    # a last small run fetching none of them: the arena gives back what the shrunk runs' outputs held
+    # (else the "loaded graph" counts them: 15.1 GB against about 11 for an SDXL UNet at 1024 px)
+    shrunk = dict(feeds)
+    shrunk[name] = np.ascontiguousarray(feeds[name][..., : h // 4, : w // 4])
+    own = [o.name for o in sess.get_outputs() if o.name not in set(tensors)]
+    if own:
+        run_shrinking(sess, own[:1], shrunk)
     sizes = {}
     for t, s1, s2 in zip(tensors, *small):
         quad = max(0.0, (s2 - 4 * s1) / 12)  # b * area1**2, area1 = a sixteenth of the full area
@@ -370,13 +502,14 @@ _SESSION: dict[tuple, object] = {}  # a cluster worker's session, reused by its 
 
 def collect_shards(model_path: Path, tensors: list[str], cap, name: str, shards, timesteps, reuse=False) -> Stats:
     """Statistics of some prompt shards' calls (a cluster task's partial)."""
-    key = (str(model_path), tuple(tensors))
+    samples, strides = peek_strides(Path(model_path), tensors, component_samples(cap, name, shards))
+    key = (str(model_path), tuple(tensors), tuple(sorted(strides.items())))
     sess = _SESSION.get(key) if reuse else None
     if reuse and sess is None:
         _SESSION.clear()
-        sess = _SESSION[key] = augmented_session(model_path, tensors, arena=True)
+        sess = _SESSION[key] = augmented_session(model_path, tensors, arena=True, strides=strides)
     total = sum(len(steps) if steps is not None else 1 for _, steps in shards)
-    return collect(model_path, tensors, component_samples(cap, name, shards), timesteps, total, "", sess)
+    return collect(model_path, tensors, samples, timesteps, total, "", sess, strides=strides)
 
 
 def _batch_items(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -434,11 +567,17 @@ class CaptureStats:
         self.chosen = set(req.chosen)
         self.max_bytes = req.max_bytes
         self.fits: bool | None = None if self.chosen else False  # decided on the first call
-        self.session = augmented_session(req.graph, self.tensors if self.fits is None else [], arena=True)
+        self.strides: dict[str, int] = {}
+        # the session is made on the first call, once its shapes say which tensors are sampled and
+        # whether they fit; with nothing to fold, the plain graph now
+        self.session = augmented_session(req.graph, [], arena=True) if self.fits is False else None
+        g = onnx.load(str(req.graph), load_external_data=False).graph
         names = set(self.tensors)
-        self.outputs = [o.name for o in self.session.get_outputs() if o.name not in names]
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.split = dynamic_batch(self.session)
+        inits = {i.name for i in g.initializer}
+        self.outputs = [o.name for o in g.output if o.name not in names]
+        self.input_names = [i.name for i in g.input if i.name not in inits]
+        sample = next((i for i in g.input if i.name == "sample"), None)
+        self.split = sample is not None and not sample.type.tensor_type.shape.dim[0].HasField("dim_value")
         self.stats = Stats(self.tensors, [0.0] * steps, {t: [Hist.empty() for _ in range(steps)] for t in self.tensors})
         self.folded: set[tuple[int, int]] = set()
         self.prompt, self.step = -1, 0
@@ -454,13 +593,14 @@ class CaptureStats:
 
     def _decide(self, given: dict[str, np.ndarray]) -> None:
         try:
-            self.fits = len(plan_parts(self.session, self.tensors, [(0, given)], self.max_bytes)) == 1
+            plan = plan_parts(None, self.tensors, [(0, given)], self.max_bytes, graph=self.graph)
+            self.fits, self.strides = len(plan.parts) == 1, plan.strides
         except EdgeqError:  # not beside the whole pipeline: the statistics' own pass decides
             self.fits = False
-        if not self.fits:  # the plain graph: no call's activations held as outputs
-            self.session = None
-            _trim()
-            self.session = augmented_session(self.graph, [], arena=True)
+        # where they do not fit, the plain graph: no call's activations held as outputs
+        self.session = augmented_session(
+            self.graph, self.tensors if self.fits else [], arena=True, strides=self.strides if self.fits else {}
+        )
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         given = {k: v for k, v in feeds.items() if k in self.input_names}
@@ -472,7 +612,7 @@ class CaptureStats:
         step = call[1]
         if fold:
             self.stats.timesteps[step] = float(given["timestep"])
-        wanted = self.outputs + (self.tensors if fold else [])
+        wanted = self.outputs + ([sampled_output(t, self.strides.get(t, 1)) for t in self.tensors] if fold else [])
         outs: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for item in _batch_items(given) if self.split else [given]:
             res = run_shrinking(self.session, wanted, item)

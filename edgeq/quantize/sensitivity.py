@@ -63,7 +63,7 @@ def count_macs(fp32_path: Path, feeds: dict[str, np.ndarray], nodes: Sequence[st
     sample = feeds.get("sample")
     batch = sample.shape[0] if _dynamic_batch(g) and sample is not None and sample.ndim else 1
     feeds = {k: (v[:1] if v.ndim and v.shape[0] == batch else v) for k, v in feeds.items()} if batch > 1 else feeds
-    got = _symbolic_shapes(model, feeds, outs)
+    got = symbolic_shapes(model, feeds, outs)
     if got is None:  # the graph's weights and every counted node's output: a child's memory for a large graph
         from edgeq.isolate import run_for_graph
 
@@ -89,8 +89,9 @@ def _dynamic_batch(g: onnx.GraphProto) -> bool:
     return inp is not None and not inp.type.tensor_type.shape.dim[0].HasField("dim_value")
 
 
-def _symbolic_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str]):
-    """``{tensor: shape}`` for ``names`` by symbolic shape inference, or None where any is left open."""
+def symbolic_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str], partial: bool = False):
+    """``{tensor: shape}`` for ``names`` by symbolic shape inference, or None where any is left open
+    (``partial``: the ones it closes; None only where inference fails)."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     m = onnx.ModelProto()
@@ -118,10 +119,12 @@ def _symbolic_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names
     got = {}
     for name in names:
         v = info.get(name)
-        if v is None or not v.type.tensor_type.HasField("shape"):
-            return None
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-        if any(d is None or d < 0 for d in dims):
+        dims = None
+        if v is not None and v.type.tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        if dims is None or any(d is None or d < 0 for d in dims):
+            if partial:
+                continue
             return None
         got[name] = dims
     return got
