@@ -317,13 +317,13 @@ def test_statistics_split_into_passes_give_the_same_histograms(tiny_exports, cap
 
     assert split_by_size(["a", "b", "c", "d"], {"a": 3, "b": 3, "c": 9, "d": 1}, 6) == [["a", "b"], ["c"], ["d"]]
     roomy = plan_parts(sess, tensors, calls, 2**50)
-    assert roomy.parts == [list(tensors)] and roomy.strides == {}
+    assert roomy == [list(tensors)]
     from edgeq.stages import memory
 
     monkeypatch.setattr(memory, "tree_rss", lambda: 0)  # the ceiling is then all room for activations
     room = max(max(predicted.values()) * 1.2, sum(predicted.values()) / 3)  # the largest fits, not all
     ceiling = int(room / ACTIVATION_SHARE)
-    parts = plan_parts(sess, tensors, calls, ceiling).parts
+    parts = plan_parts(sess, tensors, calls, ceiling)
     assert len(parts) >= 2 and [t for p in parts for t in p] == list(tensors)
     with pytest.raises(EdgeqError, match="leaves no room for one call's largest calibrated tensor") as e:
         plan_parts(sess, tensors, calls, int(max(predicted.values()) / 2))
@@ -403,78 +403,3 @@ def test_a_capture_that_cannot_fold_drops_the_augmented_graph_before_a_full_size
     assert roomy.fits is True and all(np.array_equal(g, ref) for g in got)
     stats, folded = roomy.partial()
     assert folded == {(0, 0)} and stats is not None and stats.hists[tensors[0]][0].n > 0
-
-
-def test_tensors_over_the_sample_limit_are_sampled_alike_on_every_path(tiny_exports, monkeypatch, capsys):
-    """Calibrated tensors over the sampling limit per batch item (at 1024 px an SDXL UNet's attention
-    scores, 671 MB each) are sampled: every k-th row of their second-to-last axis. Their histograms are
-    exactly those of the strided rows of a full run, the others' those of the whole tensors, and the
-    statistics are the same whether collected in one pass, in parts, or folded during the capture."""
-    import onnx
-
-    from edgeq.calibrate import collect as collect_mod
-    from edgeq.calibrate.collect import (
-        ACTIVATION_SHARE,
-        CaptureStats,
-        Hist,
-        StatsRequest,
-        augmented_session,
-        collect,
-        tensor_shapes,
-    )
-    from edgeq.profiles import load_profile
-    from edgeq.quantize.policy import decide, tensors_to_calibrate
-    from edgeq.stages import memory
-
-    fp32 = tiny_exports["sd15"] / "unet" / "model.onnx"
-    policy = load_profile("openvino").policy("unet")  # int8 attention: the scores are calibrated too
-    graph = onnx.load(str(fp32), load_external_data=False).graph
-    tensors = tensors_to_calibrate(graph, decide(graph, policy), policy)
-    rng = np.random.default_rng(0)
-    feeds = {
-        "sample": rng.standard_normal((2, 4, 32, 32)).astype(np.float32),
-        "timestep": np.array(900.0, np.float32),
-        "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32),
-    }
-    items = [{k: (v[i : i + 1] if v.ndim else v) for k, v in feeds.items()} for i in range(2)]
-    shapes = tensor_shapes(fp32, tensors, items[0])
-    assert set(shapes) == set(tensors)  # symbolic shapes close every one: nothing is run to size them
-    sizes = {t: 4 * int(np.prod(s)) for t, s in shapes.items()}
-    limit = sorted(sizes.values())[len(sizes) // 2]  # the larger half is sampled
-    monkeypatch.setattr(collect_mod, "SAMPLE_BYTES", limit)
-    strides = collect_mod.sample_strides(shapes)
-    assert strides and all(sizes[t] > limit and k >= 2 for t, k in strides.items())
-    assert any("MatMul" in t or "Softmax" in t for t in strides)
-
-    plain = augmented_session(fp32, tensors)
-    want = {t: [Hist.empty()] for t in tensors}
-    for item in items:
-        for t, v in zip(tensors, plain.run(tensors, item)):
-            if t in strides:
-                assert v.shape[-2] > 1 and list(v.shape) == shapes[t]
-                v = v[..., :: strides[t], :]
-            want[t][0].add(v)
-
-    def same(st):
-        for t in tensors:
-            a, b = st.hists[t][0], want[t][0]
-            assert np.array_equal(a.counts, b.counts) and (a.exp, a.lo, a.hi, a.n) == (b.exp, b.lo, b.hi, b.n), t
-
-    monkeypatch.setattr(memory, "tree_rss", lambda: 0)
-    one = collect(fp32, tensors, lambda: iter([(0, feeds)]), [900.0], 1, desc="stats", max_bytes=2**50)
-    assert "are sampled: every k-th row" in capsys.readouterr().out
-    same(one)
-    sampled = {t: collect_mod.sampled_bytes(shapes[t], strides.get(t, 1)) for t in tensors}
-    from edgeq.runtime.sessions import weight_bytes
-
-    ceiling = int(weight_bytes(fp32) + max(max(sampled.values()) * 1.2, sum(sampled.values()) / 3) / ACTIVATION_SHARE)
-    parts = collect(fp32, tensors, lambda: iter([(0, feeds)]), [900.0], 1, desc="stats", max_bytes=ceiling)
-    assert "passes over the calls" in capsys.readouterr().out
-    same(parts)
-    cap = CaptureStats(StatsRequest(fp32, tensors, {(0, 0)}, 2**50), 1)
-    cap.begin(0)
-    out = cap.run(feeds)["out_sample"]
-    assert cap.fits is True and cap.strides == strides
-    same(cap.partial()[0])
-    ref = dict(zip([o.name for o in plain.get_outputs()], plain.run(None, items[0])))["out_sample"]
-    assert np.array_equal(out[:1], ref)  # sampling changes no computed number

@@ -85,72 +85,21 @@ class Stats:
         return st
 
 
-# Calibrated tensors over this many bytes per batch item are sampled for their statistics: every k-th
-# row along their second-to-last axis (an attention's query rows, an image's rows), k the smallest
-# stride that brings them under it. At 1024 px an SDXL UNet's self-attention scores and
-# probabilities are 671 MB each per batch item (10 heads x 4096 x 4096); the openvino flavour's
-# 2087 tensors came to 39.3 GB per call, 15 passes over the calls under a 20 GB ceiling. The limit
-# is fixed, not memory-dependent: the same model and resolution give the same statistics on any
-# machine. A uniform sample of several million values gives the same histogram shape; the range
-# methods choose from that shape (tiny-sd with its tensors sampled alike: see the README).
-# ``EDGEQ_SAMPLE_MB`` overrides it (for such measurements; it is part of the statistics' cache key).
-SAMPLE_BYTES = int(float(os.environ.get("EDGEQ_SAMPLE_MB", "64")) * 2**20)
-
-
-def sampled_output(tensor: str, stride: int) -> str:
-    """The graph output that carries ``tensor`` (every ``stride``-th row where sampled)."""
-    return tensor if stride <= 1 else f"{tensor}::every{stride}"
-
-
-def sample_strides(shapes: dict[str, list[int]], limit: int | None = None) -> dict[str, int]:
-    """Tensors (float32, one batch item's ``shapes``) over ``limit`` bytes (None:
-    :data:`SAMPLE_BYTES`) -> their row stride."""
-    limit = SAMPLE_BYTES if limit is None else limit
-    out = {}
-    for t, shape in shapes.items():
-        size = 4 * int(np.prod(shape))
-        if size > limit and len(shape) >= 2 and shape[-2] > 1:
-            out[t] = min(-(-size // limit), shape[-2])
-    return out
-
-
-def sampled_bytes(shape: list[int], stride: int) -> int:
-    """Bytes of one batch item of a tensor of ``shape`` sampled every ``stride``-th row."""
-    size = 4 * int(np.prod(shape))
-    return size if stride <= 1 else size // shape[-2] * -(-shape[-2] // stride)
-
-
-def augmented_model(model_path: Path, tensors: list[str], strides: dict[str, int] | None = None) -> Path:
-    """A copy of the graph (beside the original, sharing its external data) with ``tensors`` as outputs
-    (those in ``strides`` through a Slice that keeps every k-th row of their second-to-last axis)."""
-    from onnx import helper, numpy_helper
-
+def augmented_model(model_path: Path, tensors: list[str]) -> Path:
+    """A copy of the graph (beside the original, sharing its external data) with ``tensors`` as outputs."""
     model = onnx.load(str(model_path), load_external_data=False)
     existing = {o.name for o in model.graph.output}
-    strides = strides or {}
     for t in tensors:
-        k = strides.get(t, 1)
-        name = sampled_output(t, k)
-        if name in existing:
-            continue
-        if k > 1:
-            consts = {"starts": 0, "ends": np.iinfo(np.int64).max, "axes": -2, "steps": k}
-            ins = [t]
-            for what, v in consts.items():
-                c = f"{name}/{what}"
-                model.graph.initializer.append(numpy_helper.from_array(np.array([v], np.int64), c))
-                ins.append(c)
-            model.graph.node.append(helper.make_node("Slice", ins, [name], name=f"{name}/slice"))
-        model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        if t not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
     fd, tmp = tempfile.mkstemp(prefix=".calib-", suffix=".onnx", dir=model_path.parent)
     os.close(fd)
     onnx.save_model(model, tmp)
     return Path(tmp)
 
 
-def augmented_session(model_path: Path, tensors: list[str], arena: bool = False, strides: dict[str, int] | None = None):
-    """An ONNX Runtime session of the graph with ``tensors`` as extra outputs (sampled as ``strides``
-    says: :func:`sample_strides`; fetch them by :func:`sampled_output`).
+def augmented_session(model_path: Path, tensors: list[str], arena: bool = False):
+    """An ONNX Runtime session of the graph with ``tensors`` as extra outputs.
 
     No graph optimisation: the tensors keep their names, and every node computes the same numbers
     whichever tensors are outputs (a fusion that an extra output blocks would otherwise change the
@@ -170,7 +119,7 @@ def augmented_session(model_path: Path, tensors: list[str], arena: bool = False,
     """
     import onnxruntime as ort
 
-    aug = augmented_model(Path(model_path), tensors, strides)
+    aug = augmented_model(Path(model_path), tensors)
     try:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -208,7 +157,6 @@ def collect(
     desc: str = "statistics",
     session=None,
     max_bytes: int | None = None,
-    strides: dict[str, int] | None = None,
 ) -> Stats:
     """Fold every sample's activations of ``tensors`` into per-step histograms.
 
@@ -216,40 +164,24 @@ def collect(
     a callable returning a fresh iterable, the calls can be run more than once: then, where one call's
     activations would take this process over ``max_bytes`` (None: the memory the system has available
     now), the tensors are split into parts, one pass over the calls per part (:func:`plan_parts`).
-    Tensors over :data:`SAMPLE_BYTES` per batch item are sampled (:func:`sample_strides`, from the
-    first call's shapes). ``session``: an :func:`augmented_session` of these tensors made with
-    ``strides`` to reuse (cluster workers keep one); with it, one pass.
+    ``session``: an :func:`augmented_session` of these tensors to reuse (cluster workers keep one);
+    with it, one pass.
     """
     fresh = samples if callable(samples) else None
     st = Stats(list(tensors), list(timesteps), {t: [Hist.empty() for _ in timesteps] for t in tensors})
     sess = session
     parts = [list(tensors)]
     if session is None and fresh is not None:
-        plan = plan_parts(None, tensors, fresh(), max_bytes, desc, graph=Path(model_path))
-        parts, strides = plan.parts, plan.strides
-    elif session is None:
-        samples, strides = peek_strides(Path(model_path), tensors, samples)
-    strides = strides or {}
+        parts = plan_parts(None, tensors, fresh(), max_bytes, desc, graph=Path(model_path))
     for k, part in enumerate(parts):
         if sess is None:
-            sess = augmented_session(model_path, part, arena=True, strides=strides)
+            sess = augmented_session(model_path, part, arena=True)
         what = desc if len(parts) == 1 or not desc else f"{desc} (part {k + 1}/{len(parts)})"
-        _run_pass(sess, part, fresh() if fresh is not None else samples, st, total, what, strides)
+        _run_pass(sess, part, fresh() if fresh is not None else samples, st, total, what)
         if len(parts) > 1:
             sess = None
             _trim()
     return st
-
-
-def peek_strides(graph: Path, tensors: list[str], samples: Samples) -> tuple[Samples, dict[str, int]]:
-    """The sampling strides of ``tensors`` at the first sample's shapes, and the samples, whole."""
-    import itertools
-
-    it = iter(samples)
-    first = next(it, None)
-    if first is None:
-        return iter(()), {}
-    return itertools.chain([first], it), sample_strides(tensor_shapes(graph, tensors, _one_item(graph, first[1])))
 
 
 def _one_item(graph: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -271,17 +203,14 @@ def tensor_shapes(graph: Path, tensors: list[str], feeds: dict[str, np.ndarray])
     return symbolic_shapes(model, {k: v for k, v in feeds.items() if k in names}, list(tensors), partial=True) or {}
 
 
-def _run_pass(
-    sess, tensors: list[str], samples: Samples, st: Stats, total: int, desc: str, strides: dict[str, int]
-) -> None:
+def _run_pass(sess, tensors: list[str], samples: Samples, st: Stats, total: int, desc: str) -> None:
     inputs = {i.name for i in sess.get_inputs()}
     split = dynamic_batch(sess)
-    names = [sampled_output(t, strides.get(t, 1)) for t in tensors]
     calls = progress(samples, total=total, desc=desc, unit="call", knob="--calib-calls", disable=not desc)
     for step, feeds in calls:
         given = {k: v for k, v in feeds.items() if k in inputs}
         for item in _batch_items(given) if split else [given]:
-            outs = run_shrinking(sess, names, item)
+            outs = run_shrinking(sess, tensors, item)
             _fold(st, tensors, outs, step)
             del outs
 
@@ -319,21 +248,11 @@ def _fold(st: Stats, names: list[str], arrays: list[np.ndarray], step: int) -> N
 ACTIVATION_SHARE = 0.6
 
 
-@dataclass(frozen=True)
-class PartPlan:
-    """How a statistics pass runs: the tensors in parts (one pass over the calls each) and the
-    sampling strides of the tensors over :data:`SAMPLE_BYTES`."""
-
-    parts: list[list[str]]
-    strides: dict[str, int]
-
-
 def plan_parts(
     sess, tensors: list[str], samples: Samples, max_bytes: int | None, desc: str = "", graph: Path | None = None
-) -> PartPlan:
+) -> list[list[str]]:
     """The tensors split into parts whose activations of one batch item fit beside the loaded graph
-    under ``max_bytes`` (None: what the system has available now plus this process's resident set),
-    and the strides that sample the tensors over :data:`SAMPLE_BYTES`.
+    under ``max_bytes`` (None: what the system has available now plus this process's resident set).
 
     Sizes come from the graph's symbolic shapes at the first call's input shapes (``graph``: nothing
     run, nothing held). Where those leave a tensor open, its size is predicted from two runs of the
@@ -346,14 +265,13 @@ def plan_parts(
     """
     first = next(iter(samples), None)
     if first is None:
-        return PartPlan([list(tensors)], {})
+        return [list(tensors)]
     feeds = first[1]
     shapes: dict[str, list[int]] = {}
     if graph is not None:
         feeds = _one_item(graph, feeds)
         shapes = tensor_shapes(graph, tensors, feeds)
-    strides = sample_strides(shapes)
-    sizes: dict[str, int] | None = {t: sampled_bytes(shapes[t], strides.get(t, 1)) for t in shapes}
+    sizes = {t: 4 * int(np.prod(shapes[t])) for t in shapes}  # float32
     if len(shapes) < len(tensors):  # open shapes: the shrunk runs
         own = sess is None
         run_on = sess if sess is not None else augmented_session(graph, tensors, arena=True)
@@ -365,7 +283,7 @@ def plan_parts(
             del run_on
             _trim()
         if predicted is None:
-            return PartPlan([list(tensors)], strides)
+            return [list(tensors)]
         sizes = {t: sizes[t] if t in shapes else predicted[t] for t in tensors}
     from edgeq.runtime.sessions import weight_bytes
     from edgeq.stages.memory import tree_rss
@@ -380,14 +298,6 @@ def plan_parts(
             "raise --max-memory (or free memory), or build at a smaller --height/--width",
         )
     parts = split_by_size(tensors, sizes, budget)
-    if desc and strides:
-        full = sum(4 * int(np.prod(shapes[t])) for t in strides)
-        print(
-            f"{desc}: {len(strides)} tensors over {SAMPLE_BYTES >> 20} MB per batch item "
-            f"({full / 2**30:.1f} GB in all) are sampled: every k-th row, k {min(strides.values())}-"
-            f"{max(strides.values())}",
-            flush=True,
-        )
     if len(parts) > 1 and desc:
         total = sum(sizes.values())
         print(
@@ -397,7 +307,7 @@ def plan_parts(
             "--max-memory sets the ceiling)",
             flush=True,
         )
-    return PartPlan(parts, strides)
+    return parts
 
 
 def split_by_size(tensors: list[str], sizes: dict[str, int], budget: int) -> list[list[str]]:
@@ -502,14 +412,13 @@ _SESSION: dict[tuple, object] = {}  # a cluster worker's session, reused by its 
 
 def collect_shards(model_path: Path, tensors: list[str], cap, name: str, shards, timesteps, reuse=False) -> Stats:
     """Statistics of some prompt shards' calls (a cluster task's partial)."""
-    samples, strides = peek_strides(Path(model_path), tensors, component_samples(cap, name, shards))
-    key = (str(model_path), tuple(tensors), tuple(sorted(strides.items())))
+    key = (str(model_path), tuple(tensors))
     sess = _SESSION.get(key) if reuse else None
     if reuse and sess is None:
         _SESSION.clear()
-        sess = _SESSION[key] = augmented_session(model_path, tensors, arena=True, strides=strides)
+        sess = _SESSION[key] = augmented_session(model_path, tensors, arena=True)
     total = sum(len(steps) if steps is not None else 1 for _, steps in shards)
-    return collect(model_path, tensors, samples, timesteps, total, "", sess, strides=strides)
+    return collect(model_path, tensors, component_samples(cap, name, shards), timesteps, total, "", sess)
 
 
 def _batch_items(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -567,9 +476,8 @@ class CaptureStats:
         self.chosen = set(req.chosen)
         self.max_bytes = req.max_bytes
         self.fits: bool | None = None if self.chosen else False  # decided on the first call
-        self.strides: dict[str, int] = {}
-        # the session is made on the first call, once its shapes say which tensors are sampled and
-        # whether they fit; with nothing to fold, the plain graph now
+        # the session is made on the first call, once its shapes say whether the tensors fit
+        # (:func:`plan_parts`); with nothing to fold, the plain graph now
         self.session = augmented_session(req.graph, [], arena=True) if self.fits is False else None
         g = onnx.load(str(req.graph), load_external_data=False).graph
         names = set(self.tensors)
@@ -593,14 +501,11 @@ class CaptureStats:
 
     def _decide(self, given: dict[str, np.ndarray]) -> None:
         try:
-            plan = plan_parts(None, self.tensors, [(0, given)], self.max_bytes, graph=self.graph)
-            self.fits, self.strides = len(plan.parts) == 1, plan.strides
+            self.fits = len(plan_parts(None, self.tensors, [(0, given)], self.max_bytes, graph=self.graph)) == 1
         except EdgeqError:  # not beside the whole pipeline: the statistics' own pass decides
             self.fits = False
         # where they do not fit, the plain graph: no call's activations held as outputs
-        self.session = augmented_session(
-            self.graph, self.tensors if self.fits else [], arena=True, strides=self.strides if self.fits else {}
-        )
+        self.session = augmented_session(self.graph, self.tensors if self.fits else [], arena=True)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         given = {k: v for k, v in feeds.items() if k in self.input_names}
@@ -612,7 +517,7 @@ class CaptureStats:
         step = call[1]
         if fold:
             self.stats.timesteps[step] = float(given["timestep"])
-        wanted = self.outputs + ([sampled_output(t, self.strides.get(t, 1)) for t in self.tensors] if fold else [])
+        wanted = self.outputs + (self.tensors if fold else [])
         outs: list[list[np.ndarray]] = [[] for _ in self.outputs]
         for item in _batch_items(given) if self.split else [given]:
             res = run_shrinking(self.session, wanted, item)

@@ -61,12 +61,10 @@ def max_bytes(ctx: Context) -> int | None:
 
 def unet_stats_key(ctx: Context, folder: Path, n_calls: int, tensors: tuple[str, ...]) -> tuple:
     """The inputs the UNet statistics file is cached by (``n_calls``: calls the capture holds)."""
-    from edgeq.calibrate.collect import SAMPLE_BYTES
-
     limit = ctx.plan.calib_calls
     if limit is not None and limit >= n_calls:
         limit = None
-    return (str(folder), tensors, ctx.export.key, limit, None, ("sampled over", SAMPLE_BYTES)), limit
+    return (str(folder), tensors, ctx.export.key, limit, None), limit
 
 
 def capture_stats_request(ctx: Context, folder: Path, settings: CaptureSettings):
@@ -217,7 +215,6 @@ def calibrate(ctx: Context, cap: Capture, log=print) -> dict[str, ComponentStats
                 *key[:3],
                 limit,
                 smoothing,
-                key[5],
                 suffix=".npz",
                 what="statistics",
                 make=lambda tmp, path=path, name=name, tensors=tensors, limit=limit: collect_stats(
