@@ -314,6 +314,11 @@ def test_statistics_split_into_passes_give_the_same_histograms(tiny_exports, cap
     assert all(predicted[t] >= actual[t] for t in tensors)
     assert sum(predicted.values()) <= 1.3 * sum(actual.values())
     assert predict_sizes(sess, tensors, {**one, "sample": one["sample"][..., :8, :8]}) is None  # too small to shrink
+    # the graph's symbolic shapes give the sizes exactly, with nothing run (what the builds use)
+    from edgeq.calibrate.collect import tensor_shapes
+
+    shapes = tensor_shapes(fp32, tensors, one)
+    assert {t: 4 * int(np.prod(shapes[t])) for t in tensors} == actual
 
     assert split_by_size(["a", "b", "c", "d"], {"a": 3, "b": 3, "c": 9, "d": 1}, 6) == [["a", "b"], ["c"], ["d"]]
     roomy = plan_parts(sess, tensors, calls, 2**50)
@@ -325,6 +330,12 @@ def test_statistics_split_into_passes_give_the_same_histograms(tiny_exports, cap
     ceiling = int(room / ACTIVATION_SHARE)
     parts = plan_parts(sess, tensors, calls, ceiling)
     assert len(parts) >= 2 and [t for p in parts for t in p] == list(tensors)
+    from edgeq.runtime.sessions import weight_bytes
+
+    by_shapes = plan_parts(
+        None, tensors, calls, int(ceiling + weight_bytes(fp32)), graph=fp32
+    )  # weights: not loaded yet
+    assert len(by_shapes) >= 2 and [t for p in by_shapes for t in p] == list(tensors)
     with pytest.raises(EdgeqError, match="leaves no room for one call's largest calibrated tensor") as e:
         plan_parts(sess, tensors, calls, int(max(predicted.values()) / 2))
     assert "--max-memory" in e.value.hint
