@@ -20,7 +20,10 @@ from typing import Any
 from edgeq.errors import EdgeqError
 
 
-def _child(fn: Callable, args: tuple, kwargs: dict, result: str, err: str) -> None:
+def _child(fn: Callable, args: tuple, kwargs: dict, result: str, err: str, root: str) -> None:
+    from edgeq.stages.memory import ROOT_ENV
+
+    os.environ[ROOT_ENV] = root  # memory ceilings count the whole build, not this child alone
     try:
         value = fn(*args, **kwargs)
     except EdgeqError as e:
@@ -35,9 +38,13 @@ def run_isolated(what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
     the step in the error raised when the child dies."""
     import multiprocessing
 
+    from edgeq.stages.memory import ROOT_ENV
+
     with tempfile.TemporaryDirectory(prefix="edgeq-isolated-") as tmp:
         result, err = os.path.join(tmp, "result.pkl"), os.path.join(tmp, "error.json")
-        proc = multiprocessing.get_context("spawn").Process(target=_child, args=(fn, args, kwargs, result, err))
+        proc = multiprocessing.get_context("spawn").Process(
+            target=_child, args=(fn, args, kwargs, result, err, os.environ.get(ROOT_ENV) or str(os.getpid()))
+        )
         proc.start()
         proc.join()
         if os.path.exists(err):

@@ -179,7 +179,9 @@ def capture(
     if pipe is not None:  # the FP32 pipeline's sessions (14 GB at SDXL size): gone before the next stage
         from edgeq.runtime.sessions import release_memory
 
-        del pipe
+        # every name for them: the UNet runner kept as ``unet`` held 4.3 GB of an SDXL capture at
+        # 1024 px in the build process through the statistics child that followed (2026-12-04)
+        del pipe, unet
         release_memory()
     first = Capture(folder, settings, ()).load(0)
     timesteps = [float(t) for t in first["timesteps"]]

@@ -286,10 +286,10 @@ def plan_parts(
             return [list(tensors)]
         sizes = {t: sizes[t] if t in shapes else predicted[t] for t in tensors}
     from edgeq.runtime.sessions import weight_bytes
-    from edgeq.stages.memory import tree_rss
+    from edgeq.stages.memory import build_rss
 
-    held = tree_rss() + (weight_bytes(graph) if sess is None and graph is not None else 0)
-    ceiling = max_bytes if max_bytes is not None else available_bytes() + tree_rss()
+    held = build_rss() + (weight_bytes(graph) if sess is None and graph is not None else 0)
+    ceiling = max_bytes if max_bytes is not None else available_bytes() + build_rss()
     budget = int((ceiling - held) * ACTIVATION_SHARE)
     if budget < max(sizes.values()):
         raise EdgeqError(
