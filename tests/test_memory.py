@@ -208,6 +208,45 @@ def test_every_graph_runs_with_the_arena_and_computes_what_a_plain_session_does(
         assert all(np.array_equal(got[k], want[k]) for k in want)
 
 
+def test_large_batched_unet_calls_run_one_item_at_a_time(tiny_exports, monkeypatch):
+    """A batched UNet call over SPLIT_AREA latent positions or more runs as one call per batch item
+    (the classifier-free-guidance pair streams half the attention scores through memory at once):
+    the same outputs as the pair at once, to float rounding; smaller calls, batch-1 calls and the
+    timestep (no batch axis) are left alone."""
+    from edgeq.runtime import sessions
+
+    path = tiny_exports["sd15"] / "unet" / "model.onnx"
+    rng = np.random.default_rng(0)
+    feeds = {
+        "sample": rng.standard_normal((2, 4, 16, 16)).astype(np.float32),
+        "timestep": np.array(500.0, np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32),
+    }
+    runner = sessions.OrtRunner(path)
+    assert runner.splits
+    shapes: list[tuple] = []
+    real = runner.session
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def run(self, names, given, *rest):
+            shapes.append(given["sample"].shape)
+            return real.run(names, given, *rest)
+
+    runner.session = Spy()
+    whole = runner.run(feeds)["out_sample"]
+    assert shapes == [(2, 4, 16, 16)]  # under SPLIT_AREA (64 x 64 positions): the pair at once
+    monkeypatch.setattr(sessions, "SPLIT_AREA", 16 * 16)
+    split = runner.run(feeds)["out_sample"]
+    assert shapes[1:] == [(1, 4, 16, 16), (1, 4, 16, 16)]
+    assert split.shape == whole.shape
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)
+    runner.run({k: (v[:1] if v.ndim else v) for k, v in feeds.items()})
+    assert shapes[3:] == [(1, 4, 16, 16)]
+
+
 def test_isolated_steps_run_in_a_child_and_keep_their_errors():
     """run_isolated: the value comes back from another process; an EdgeqError keeps its message and
     hint; a crash is an error naming the step."""

@@ -72,15 +72,41 @@ class OrtRunner:
         self.run_options = shrinking_run_options()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # a UNet whose batch axis is dynamic: large batched calls run one item at a time (SPLIT_AREA)
+        self.splits = any(
+            i.name == "sample" and len(i.shape or []) == 4 and not isinstance(i.shape[0], int)
+            for i in self.session.get_inputs()
+        )
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
-        outs = self.session.run(self.output_names, feeds, self.run_options)
+        items = split_items(feeds) if self.splits else [feeds]
+        per_item = [self.session.run(self.output_names, item, self.run_options) for item in items]
         # An output array ONNX Runtime hands over lives in the session's arena and keeps the whole
         # arena alive, after the session too: the verification bundle's 22 kept outputs held four
-        # per-group sessions' arenas, 12 GB at SD1.5 size (2026-12-03). A copy frees it.
-        outs = [np.array(v, copy=True) for v in outs]
+        # per-group sessions' arenas, 12 GB at SD1.5 size (2026-12-03). A copy frees it (and so
+        # does the concatenation of a split call's items).
+        if len(per_item) == 1:
+            outs = [np.array(v, copy=True) for v in per_item[0]]
+        else:
+            outs = [np.concatenate(vs) for vs in zip(*per_item)]
         return dict(zip(self.output_names, outs))
+
+
+# A batched UNet call (the classifier-free-guidance pair) over at least this many latent positions
+# runs one batch item at a time: SPLIT_MEASURE
+SPLIT_AREA = 64 * 64
+
+
+def split_items(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """``feeds`` as one call per batch item where ``sample`` is batched and at least
+    :data:`SPLIT_AREA` latent positions; else ``[feeds]``. Inputs without the batch axis (the
+    timestep) go to every item."""
+    x = feeds.get("sample")
+    if x is None or x.ndim != 4 or x.shape[0] < 2 or x.shape[2] * x.shape[3] < SPLIT_AREA:
+        return [feeds]
+    b = x.shape[0]
+    return [{k: (v[i : i + 1] if v.ndim and v.shape[0] == b else v) for k, v in feeds.items()} for i in range(b)]
 
 
 class LazyRunner:
