@@ -247,6 +247,34 @@ def test_large_batched_unet_calls_run_one_item_at_a_time(tiny_exports, monkeypat
     assert shapes[3:] == [(1, 4, 16, 16)]
 
 
+def test_qdq_graphs_run_the_batch_at_once(tmp_path):
+    """A Q/DQ graph is not split (its int8 kernels were no faster one item at a time)."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    from edgeq.runtime import sessions
+
+    dims = ["batch", 4, "height", "width"]
+    nodes = [
+        h.make_node("QuantizeLinear", ["sample", "s", "z"], ["q"]),
+        h.make_node("DequantizeLinear", ["q", "s", "z"], ["out_sample"]),
+    ]
+    inits = [h.make_tensor("s", T.FLOAT, [], [0.1]), h.make_tensor("z", T.UINT8, [], [128])]
+    graph = h.make_graph(
+        nodes,
+        "qdq",
+        [h.make_tensor_value_info("sample", T.FLOAT, dims)],
+        [h.make_tensor_value_info("out_sample", T.FLOAT, dims)],
+        inits,
+    )
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "q.onnx")
+    assert sessions.OrtRunner(tmp_path / "q.onnx").splits is False
+    float_graph = h.make_graph([h.make_node("Identity", ["sample"], ["out_sample"])], "f", graph.input, graph.output)
+    onnx.save(h.make_model(float_graph, opset_imports=[h.make_opsetid("", 17)]), tmp_path / "f.onnx")
+    assert sessions.OrtRunner(tmp_path / "f.onnx").splits is True
+
+
 def test_isolated_steps_run_in_a_child_and_keep_their_errors():
     """run_isolated: the value comes back from another process; an EdgeqError keeps its message and
     hint; a crash is an error naming the step."""

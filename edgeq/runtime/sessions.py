@@ -72,11 +72,12 @@ class OrtRunner:
         self.run_options = shrinking_run_options()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        # a UNet whose batch axis is dynamic: large batched calls run one item at a time (SPLIT_AREA)
+        # a float UNet whose batch axis is dynamic: large batched calls run one item at a time
+        # (SPLIT_AREA); Q/DQ graphs run the pair at once
         self.splits = any(
             i.name == "sample" and len(i.shape or []) == 4 and not isinstance(i.shape[0], int)
             for i in self.session.get_inputs()
-        )
+        ) and not _has_qdq(path)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
@@ -93,9 +94,24 @@ class OrtRunner:
         return dict(zip(self.output_names, outs))
 
 
-# A batched UNet call (the classifier-free-guidance pair) over at least this many latent positions
-# runs one batch item at a time: SPLIT_MEASURE
+# A float UNet's batched call (the classifier-free-guidance pair) over at least this many latent
+# positions runs one batch item at a time. SD1.5-shaped FP32 UNet at 64x64 latents: 10.3 s for the two
+# items one after the other against 11.6 s for the pair at once, the same outputs bit for bit; its
+# INT8 (Q/DQ) graph: 5.01 against 4.95 s, so Q/DQ graphs are not split (`python
+# tools/bench_batch_split.py <fp32 unet> <int8 unet> --calls 4`, medians of 4 after a warm-up,
+# `benchmarks/batch_split_sd15_x86-vnni.md`, x86-vnni, 2 cores, 2026-12-04).
 SPLIT_AREA = 64 * 64
+
+
+def _has_qdq(path: Path) -> bool:
+    """Whether an ONNX graph holds Q/DQ nodes (its structure only, no weights read)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # an .ort file (static shapes, never split) or an unreadable one: no split
+        return True
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
 
 
 def split_items(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
