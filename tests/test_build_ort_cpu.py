@@ -323,10 +323,11 @@ def test_capture_graph_computes_the_same_numbers_for_every_target(tiny_exports, 
     the target, so one capture serves them all."""
     import onnx
 
-    from edgeq.calibrate.collect import _batch_items, augmented_session
+    from edgeq.calibrate.collect import augmented_session
     from edgeq.profiles import load_profile, profile_names
     from edgeq.quantize.policy import decide, tensors_to_calibrate
     from edgeq.runtime.cpu import FAMILIES
+    from edgeq.runtime.sessions import batch_items
     from edgeq.stages.context import for_family
 
     path = tiny_exports[family] / "unet" / "model.onnx"
@@ -349,7 +350,7 @@ def test_capture_graph_computes_the_same_numbers_for_every_target(tiny_exports, 
     assert len(sets) >= 2  # targets differ in what they calibrate (attention scores or not)
     for tensors, who in sets.items():
         sess = augmented_session(path, list(tensors))
-        got = np.concatenate([sess.run(["out_sample"], item)[0] for item in _batch_items(feeds)])
+        got = np.concatenate([sess.run(["out_sample"], item)[0] for item in batch_items(feeds)])
         assert np.array_equal(got, ref), f"{who}: {np.abs(got - ref).max():.2e}"
 
 

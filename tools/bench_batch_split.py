@@ -24,7 +24,7 @@ def bench(path: str, size: int, calls: int) -> dict:
     import numpy as np
 
     from edgeq.runtime.cpu import detect
-    from edgeq.runtime.sessions import OrtRunner
+    from edgeq.runtime.sessions import OrtRunner, batch_items
 
     runner = OrtRunner(Path(path))
     runner.splits = False  # the pair at once; the split below is done here, item by item
@@ -35,7 +35,7 @@ def bench(path: str, size: int, calls: int) -> dict:
         shape = [d if isinstance(d, int) else dims.get(d, 2 if k == 0 else 77) for k, d in enumerate(i.shape)]
         feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
     feeds["timestep"] = np.array(500.0, np.float32)
-    items = [{k: (v[b : b + 1] if v.ndim and v.shape[0] == 2 else v) for k, v in feeds.items()} for b in (0, 1)]
+    items = batch_items(feeds)
     pair_t, split_t = [], []
     for k in range(calls + 1):
         t0 = time.perf_counter()

@@ -28,10 +28,11 @@ def main() -> None:
     import onnx
     import onnxruntime as ort
 
-    from edgeq.calibrate.collect import _batch_items, augmented_model, augmented_session, run_shrinking
+    from edgeq.calibrate.collect import augmented_model, augmented_session, run_shrinking
     from edgeq.profiles import load_profile
     from edgeq.quantize.policy import decide, tensors_to_calibrate
     from edgeq.runtime import cpu
+    from edgeq.runtime.sessions import batch_items
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("export", type=Path, help="an FP32 export folder (with unet/model.onnx)")
@@ -75,7 +76,7 @@ def main() -> None:
 
         def call(sess=sess, split=split, fetch=fetch):
             got = []
-            for item in _batch_items(feeds) if split else [feeds]:
+            for item in batch_items(feeds) if split else [feeds]:
                 res = run_shrinking(sess, ["out_sample", *fetch], item)
                 got.append(np.array(res[0]))
                 del res

@@ -26,6 +26,7 @@ import onnx
 from edgeq.calibrate.histogram import BINS, Hist, merge_all
 from edgeq.errors import EdgeqError
 from edgeq.progress import progress
+from edgeq.runtime.sessions import batch_items
 
 
 @dataclass
@@ -190,7 +191,7 @@ def _one_item(graph: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray
     inp = next((i for i in g.input if i.name == "sample"), None)
     if inp is None or inp.type.tensor_type.shape.dim[0].HasField("dim_value"):
         return feeds
-    return _batch_items(feeds)[0]
+    return batch_items(feeds)[0]
 
 
 def tensor_shapes(graph: Path, tensors: list[str], feeds: dict[str, np.ndarray]) -> dict[str, list[int]]:
@@ -209,7 +210,7 @@ def _run_pass(sess, tensors: list[str], samples: Samples, st: Stats, total: int,
     calls = progress(samples, total=total, desc=desc, unit="call", knob="--calib-calls", disable=not desc)
     for step, feeds in calls:
         given = {k: v for k, v in feeds.items() if k in inputs}
-        for item in _batch_items(given) if split else [given]:
+        for item in batch_items(given) if split else [given]:
             outs = run_shrinking(sess, tensors, item)
             _fold(st, tensors, outs, step)
             del outs
@@ -277,7 +278,7 @@ def plan_parts(
         run_on = sess if sess is not None else augmented_session(graph, tensors, arena=True)
         item = {k: v for k, v in feeds.items() if k in {i.name for i in run_on.get_inputs()}}
         if graph is None and dynamic_batch(run_on):
-            item = _batch_items(item)[0]
+            item = batch_items(item)[0]
         predicted = predict_sizes(run_on, tensors, item)
         if own:
             del run_on
@@ -421,21 +422,6 @@ def collect_shards(model_path: Path, tensors: list[str], cap, name: str, shards,
     return collect(model_path, tensors, component_samples(cap, name, shards), timesteps, total, "", sess)
 
 
-def _batch_items(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """A batched call (the classifier-free-guidance pair) as calls of one item each.
-
-    Histograms add over items, so the statistics are the same; the peak memory is one item's
-    activations (SD1.5-shaped UNet: 9.6 GB for the pair, 7.1 GB for one). Only for graphs with a
-    dynamic batch axis (the caller checks).
-    """
-    batch = feeds["sample"].shape[0] if "sample" in feeds and feeds["sample"].ndim else 1
-    if batch == 1:
-        return [feeds]
-    return [
-        {k: (v[i : i + 1] if v.ndim and v.shape[0] == batch else v) for k, v in feeds.items()} for i in range(batch)
-    ]
-
-
 __all__ = ["BINS", "Stats", "collect"]
 
 
@@ -519,7 +505,7 @@ class CaptureStats:
             self.stats.timesteps[step] = float(given["timestep"])
         wanted = self.outputs + (self.tensors if fold else [])
         outs: list[list[np.ndarray]] = [[] for _ in self.outputs]
-        for item in _batch_items(given) if self.split else [given]:
+        for item in batch_items(given) if self.split else [given]:
             res = run_shrinking(self.session, wanted, item)
             for k in range(len(self.outputs)):
                 outs[k].append(np.array(res[k]))  # a copy: an output keeps the whole arena alive
