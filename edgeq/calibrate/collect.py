@@ -120,12 +120,16 @@ def augmented_session(model_path: Path, tensors: list[str], arena: bool = False)
     """
     import onnxruntime as ort
 
+    from edgeq.runtime.sessions import use_shared_arena
+
     aug = augmented_model(Path(model_path), tensors)
     try:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.enable_cpu_mem_arena = arena
         opts.log_severity_level = 3
+        if arena:
+            use_shared_arena(opts)
         return ort.InferenceSession(str(aug), opts, providers=["CPUExecutionProvider"])
     finally:
         aug.unlink(missing_ok=True)

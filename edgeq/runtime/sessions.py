@@ -34,6 +34,30 @@ def weight_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in files if f.is_file())
 
 
+_SHARED_ARENA: list[bool] = []
+
+
+def use_shared_arena(opts) -> None:
+    """Give a CPU session (``opts``, with ``enable_cpu_mem_arena``) the process's one memory arena, which
+    grows by exactly what is asked (``kSameAsRequested``) rather than by ONNX Runtime's default
+    doubling of its last chunk. A session's first call has no memory pattern yet and allocates tensor
+    by tensor: with doubling chunks the calibration capture's SD1.5-shaped FP32 UNet (unoptimised, the
+    calibrated tensors as extra outputs, one batch item at a time, 64x64 latents) peaked at 8.09 GB in
+    its first call and 6.23 GB in the next; with this, 6.28 and 6.29 GB, at the same time per call.
+    The unaugmented, optimised sessions of :class:`OrtRunner` gain nothing from it (FP32 UNet 4.48
+    against 4.43 GB per call; the INT8 UNet's first call peaked higher, 3.21 against 2.36 GB), so
+    they keep their own arena (``python tools/bench_shared_arena.py``,
+    ``benchmarks/shared_arena_sd15_x86-vnni.md``, x86-vnni, 2 cores, 2026-12-04)."""
+    import onnxruntime as ort
+
+    if not _SHARED_ARENA:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        # max memory 0 (no cap), kSameAsRequested, default initial chunk and dead bytes per chunk
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+        _SHARED_ARENA.append(True)
+    opts.add_session_config_entry("session.use_env_allocators", "1")
+
+
 def shrinking_run_options():
     """Run options that make a CPU session's memory arena hand its free chunks back after the call."""
     import onnxruntime as ort
