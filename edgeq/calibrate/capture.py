@@ -167,7 +167,7 @@ def capture(
         for f in folder.glob(".shard-*.npz"):  # half-written by a worker that died (its task was retried)
             f.unlink(missing_ok=True)
     pipe = capture_pipeline(build, settings, stats) if todo else None  # gigabytes: loaded only to capture
-    unet = pipe.runners["unet"] if pipe is not None else None
+    unet = pipe.runner("unet") if pipe is not None else None
     knob = "--num-calib" if "calib" in desc else "--num-heldout"
     for k, i in enumerate(progress(todo, desc=desc, unit="prompt", knob=knob, disable=not todo)):
         assert pipe is not None

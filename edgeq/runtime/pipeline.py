@@ -62,41 +62,77 @@ class GenerateOptions:
 class Pipeline:
     """A loaded build. Runners per component come from the manifest's ``runtime`` entry."""
 
-    def __init__(self, build: Path, runners: dict[str, RunnerFactory] | None = None, decoder: bool = True):
-        """``decoder=False``: no VAE decoder loaded (:meth:`denoise_many` only: the calibration capture
-        keeps final latents, and an FP32 decoder's session at 1024 px is gigabytes)."""
+    def __init__(
+        self,
+        build: Path,
+        runners: dict[str, RunnerFactory] | None = None,
+        decoder: bool = True,
+        low_memory: bool = False,
+    ):
+        """``decoder=False``: no VAE decoder loaded up front (:meth:`denoise_many` only: the calibration
+        capture keeps final latents, and an FP32 decoder's session at 1024 px is gigabytes).
+
+        ``low_memory``: components are loaded when first used and only one stage's are held at a
+        time: the text encoders while prompts are encoded, then the UNet while denoising, then the
+        VAE decoder. Each :meth:`generate_many` loads each once; memory is the largest stage's, not
+        the sum (an SDXL pipeline's 3.3 GB of FP32 text encoders are gone before the UNet loads)."""
         self.build = Path(build)
         self.manifest = read_manifest(self.build)
         integrity.verify(self.build, self.manifest)  # each file hashed once, then trusted while unchanged
         self.p = self.manifest["pipeline"]
         self.family = self.manifest["model"]["family"]
+        self.low_memory = low_memory
         factories = {"onnxruntime": default_runner, **(runners or {})}
-        self.runners: dict[str, Runner] = {}
+        self._make: dict[str, Callable[[], Runner]] = {}
         for name, info in self.manifest["components"].items():
-            if name == "vae_encoder" or (name == "vae_decoder" and not decoder):
-                continue  # text-to-image does not need the encoder; load on demand
             rt = info.get("runtime", "onnxruntime")
             if rt not in factories:
                 raise EdgeqError(
                     f"{name} needs the '{rt}' runtime, which this process has not loaded",
                     f"run it through `edgeq run`, which loads the {rt} target",
                 )
-            self.runners[name] = factories[rt](self.build, info)
+            self._make[name] = lambda f=factories[rt], i=info: f(self.build, i)
+        self.runners: dict[str, Runner] = {}
+        if not low_memory:
+            for name in self._make:
+                if name == "vae_encoder" or (name == "vae_decoder" and not decoder):
+                    continue  # text-to-image does not need the encoder; load on demand
+                self.runners[name] = self._make[name]()
         self.tokenizers = {
             name: OnnxClipTokenizer(self.build / t["path"], t["max_length"], t["pad_id"], t["eos_id"])
             for name, t in self.manifest["tokenizers"].items()
         }
         self.scheduler_config = json.loads((self.build / self.manifest["scheduler_config"]).read_text())
 
+    def runner(self, name: str) -> Runner:
+        """The component's runner, loaded now if it is not."""
+        if name not in self.runners:
+            if name not in self._make:
+                raise EdgeqError(f"this build has no {name}", "rebuild it with that component")
+            self.runners[name] = self._make[name]()
+        return self.runners[name]
+
+    def _hold_only(self, *names: str) -> None:
+        """``low_memory``: drop every loaded component but ``names`` (and give their memory back)."""
+        if not self.low_memory:
+            return
+        drop = [n for n in self.runners if n not in names]
+        for n in drop:
+            del self.runners[n]
+        if drop:
+            from edgeq.runtime.sessions import release_memory
+
+            release_memory()
+
     # -- text ---------------------------------------------------------------------------------
     def encode_text(self, prompts: list[str]) -> dict[str, np.ndarray]:
         """UNet conditioning for ``prompts``: encoder_hidden_states (and SDXL's text_embeds)."""
         if self.family != "sdxl":
             ids = self.tokenizers["tokenizer"](prompts)
-            return {"encoder_hidden_states": self.runners["text_encoder"].run({"input_ids": ids})["last_hidden_state"]}
+            return {"encoder_hidden_states": self.runner("text_encoder").run({"input_ids": ids})["last_hidden_state"]}
         hidden, pooled = [], None
         for enc, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")):
-            out = self.runners[enc].run({"input_ids": self.tokenizers[tok](prompts)})
+            out = self.runner(enc).run({"input_ids": self.tokenizers[tok](prompts)})
             layers = sorted((k for k in out if k.startswith("hidden_states.")), key=lambda k: int(k.split(".")[1]))
             hidden.append(out[layers[-2]])  # SDXL conditions on the penultimate layer of both encoders
             pooled = out.get("text_embeds", pooled)
@@ -112,11 +148,17 @@ class Pipeline:
         any. Each image is what :meth:`generate` makes of its options alone; a UNet with one graph per
         timestep group that keeps one graph loaded at a time switches graphs once per group, not once
         per image."""
-        return [self.decode(z) for z in self.denoise_many(opts)]
+        latents = self.denoise_many(opts)
+        self._hold_only("vae_decoder")
+        return [self.decode(z) for z in latents]
 
     def denoise_many(self, opts: list[GenerateOptions]) -> list[np.ndarray]:
         """The final latents of :meth:`generate_many`, not decoded."""
         runs = [self._denoise(o) for o in opts]
+        self._hold_only(*(n for n in self._make if n.startswith("text_encoder")))
+        for r in runs:  # every prompt encoded before the first UNet call
+            next(r)
+        self._hold_only("unet")
         final: list[np.ndarray | None] = [None] * len(runs)
         active = list(range(len(runs)))
         while active:
@@ -177,13 +219,14 @@ class Pipeline:
         else:
             latents = rng.standard_normal(shape, dtype=np.float32)
         latents = latents * np.float32(sched.init_noise_sigma)
+        yield  # the text is encoded (low memory: the text encoders are dropped before the UNet loads)
         last = len(sched.timesteps) - 1
         for i, t in enumerate(sched.timesteps):
             x = sched.scale_model_input(latents, i)
             feeds = {"sample": np.concatenate([x, x]) if cfg else x, "timestep": np.array(t, np.float32), **cond}
             if o.on_unet_input is not None:
                 o.on_unet_input(i, float(t), feeds)
-            eps = self.runners["unet"].run(feeds)["out_sample"]
+            eps = self.runner("unet").run(feeds)["out_sample"]
             if o.on_unet_output is not None:
                 o.on_unet_output(i, eps)
             if cfg:
@@ -204,7 +247,7 @@ class Pipeline:
         return z.astype(np.float32)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        img = self.runners["vae_decoder"].run({"latent_sample": self.vae_input(latents)})["sample"][0]
+        img = self.runner("vae_decoder").run({"latent_sample": self.vae_input(latents)})["sample"][0]
         img = np.clip(img / 2 + 0.5, 0.0, 1.0).transpose(1, 2, 0)
         return (img * 255).round().astype(np.uint8)
 

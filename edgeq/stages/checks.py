@@ -131,7 +131,7 @@ def check_folder(
             unet_rows = unet_groups(fp32_unet, deployed, held_cap, q["groups"], "check unet (engine)")
         vae_db = None
         if "int8" in manifest["components"]["vae_decoder"].get("precision", ""):
-            vae_db = vae_psnr(fp32_vae, qpipe.runners["vae_decoder"], held_cap)
+            vae_db = vae_psnr(fp32_vae, qpipe.runner("vae_decoder"), held_cap)
         e2e, grid = report_mod.end_to_end(
             fp32_vae,
             qpipe,

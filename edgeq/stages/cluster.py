@@ -276,7 +276,7 @@ def _capture_impl(build: str, folder: str, settings: dict, i: int, req: dict | N
         _SESSIONS.clear()  # one model at a time per worker
         _SESSIONS[key] = capture_pipeline(Path(build), s, stats)
     pipe = _SESSIONS[key]
-    unet = pipe.runners["unet"]
+    unet = pipe.runner("unet")
     if isinstance(unet, collect.CaptureStats):
         unet.reset(stats.chosen if stats is not None else set())
         unet.begin(i)

@@ -122,7 +122,7 @@ def add_host_images(stage: Path, runners: dict[str, Any]) -> list[np.ndarray]:
     bundle = json.loads((stage / BUNDLE).read_text())
     if not bundle["images"]:
         return []
-    pipe = Pipeline(stage, runners=runners)
+    pipe = Pipeline(stage, runners=runners, low_memory=True)  # one stage of the pipeline in memory at a time
     with np.load(stage / IMAGES) as z:
         images = {k: z[k] for k in z.files}
     got = pipe.generate_many([GenerateOptions(prompt=im["prompt"], seed=im["seed"]) for im in bundle["images"]])

@@ -152,13 +152,13 @@ def device_check(
         from edgeq.targets import for_manifest
 
         runners = for_manifest(manifest).runners()
-    pipe = Pipeline(folder, runners=runners)
+    pipe = Pipeline(folder, runners=runners, low_memory=True)  # loads only what it runs
     with np.load(folder / CALLS) as z:
         calls = {k: z[k] for k in z.files}
     if unet_outputs is not None and len(unet_outputs) == len(bundle["calls"]):
         outputs = list(unet_outputs)
     else:
-        outputs = run_calls(pipe.runners["unet"], bundle, calls)
+        outputs = run_calls(pipe.runner("unet"), bundle, calls)
     rows = kernel_rows(bundle, calls, outputs)
     g = bundle["gates"]
     gates: list[Gate] = []
