@@ -91,7 +91,9 @@ class Pipeline:
                     f"{name} needs the '{rt}' runtime, which this process has not loaded",
                     f"run it through `edgeq run`, which loads the {rt} target",
                 )
-            self._make[name] = lambda f=factories[rt], i=info: f(self.build, i)
+            # (the build path, not ``self``: a closure over the pipeline would keep it, and every
+            # runner it holds, alive after the last reference until the garbage collector runs)
+            self._make[name] = lambda f=factories[rt], i=info, b=self.build: f(b, i)
         self.runners: dict[str, Runner] = {}
         if not low_memory:
             for name in self._make:

@@ -118,6 +118,7 @@ def add_host_images(stage: Path, runners: dict[str, Any]) -> list[np.ndarray]:
     returns them: the host's device check and the end-to-end check use them rather than making them
     again (the same prompts, seeds and runners give the same images)."""
     from edgeq.runtime.pipeline import GenerateOptions, Pipeline
+    from edgeq.runtime.sessions import release_memory
 
     bundle = json.loads((stage / BUNDLE).read_text())
     if not bundle["images"]:
@@ -127,6 +128,7 @@ def add_host_images(stage: Path, runners: dict[str, Any]) -> list[np.ndarray]:
         images = {k: z[k] for k in z.files}
     got = pipe.generate_many([GenerateOptions(prompt=im["prompt"], seed=im["seed"]) for im in bundle["images"]])
     del pipe
+    release_memory()  # before the emulated families' checks, each a child process with its own UNet
     for i, img in enumerate(got):
         images[f"int8_{i}"] = img
     np.savez(stage / IMAGES, **images)
