@@ -75,7 +75,7 @@ class Pipeline:
         ``low_memory``: components are loaded when first used and only one stage's are held at a
         time: the text encoders while prompts are encoded, then the UNet while denoising, then the
         VAE decoder. Each :meth:`generate_many` loads each once; memory is the largest stage's, not
-        the sum (an SDXL pipeline's 3.3 GB of FP32 text encoders are gone before the UNet loads)."""
+        the sum (an SDXL pipeline's 3.1 GB of FP32 text encoders are gone before the UNet loads)."""
         self.build = Path(build)
         self.manifest = read_manifest(self.build)
         integrity.verify(self.build, self.manifest)  # each file hashed once, then trusted while unchanged
