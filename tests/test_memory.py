@@ -209,7 +209,9 @@ def test_a_low_memory_pipeline_holds_one_stage_at_a_time_and_makes_the_same_imag
 
     opts = [GenerateOptions(prompt=p, seed=s, steps=3) for p, s in (("a red cat", 1), ("a blue dog", 2))]
     want = Pipeline(tiny_exports[family]).generate_many(opts)
-    pipe = holder["pipe"] = Pipeline(tiny_exports[family], runners={"onnxruntime": lambda b, i: Watched(b / i["path"])}, low_memory=True)
+    pipe = holder["pipe"] = Pipeline(
+        tiny_exports[family], runners={"onnxruntime": lambda b, i: Watched(b / i["path"])}, low_memory=True
+    )
     assert not pipe.runners  # nothing loaded before it is used
     got = pipe.generate_many(opts)
     assert all(np.array_equal(a, b) for a, b in zip(want, got))

@@ -163,7 +163,9 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if a.out:
-        a.out.with_suffix(".md").write_text("# OpenVINO int8 kernels against bf16 and f32, per layer shape\n\n" + "\n".join(lines) + "\n")
+        a.out.with_suffix(".md").write_text(
+            "# OpenVINO int8 kernels against bf16 and f32, per layer shape\n\n" + "\n".join(lines) + "\n"
+        )
         a.out.with_suffix(".json").write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1) + "\n")
 
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ def one(kind: str, path: str, shared: bool, size: int, batch: int, calls: int) -
     import onnx
 
     import edgeq.runtime.sessions as sessions
-    from edgeq.stages.memory import tree_rss
+    from edgeq.stages.memory import PeakRss, tree_rss
 
     if not shared:
         sessions.use_shared_arena = lambda opts: None  # ONNX Runtime's default arena, per session
@@ -45,14 +44,6 @@ def one(kind: str, path: str, shared: bool, size: int, batch: int, calls: int) -
             return plain(path, opts, **kw)
 
         ort.InferenceSession = with_shared
-    peak = [0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.05):
-            peak[0] = max(peak[0], tree_rss())
-
-    threading.Thread(target=sample, daemon=True).start()
     if kind == "capture":
         from edgeq.calibrate.collect import CaptureStats, StatsRequest
         from edgeq.profiles import load_profile
@@ -73,13 +64,12 @@ def one(kind: str, path: str, shared: bool, size: int, batch: int, calls: int) -
     }
     times, peaks, after = [], [], []
     for _ in range(calls):
-        peak[0] = tree_rss()
         t0 = time.perf_counter()
-        runner.run(feeds)
+        with PeakRss(interval=0.05) as peak:
+            runner.run(feeds)
         times.append(round(time.perf_counter() - t0, 1))
-        peaks.append(round(peak[0] / 2**30, 2))
+        peaks.append(peak.gb)
         after.append(round(tree_rss() / 2**30, 2))
-    stop.set()
     return {"kind": kind, "shared": shared, "calls_s": times, "peak_gb": peaks, "after_gb": after}
 
 

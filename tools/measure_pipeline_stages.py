@@ -9,9 +9,7 @@ the build's verification bundle's (its prompts and seeds), or ``--prompt``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,8 +21,9 @@ def main() -> None:
     import edgeq.runtime.pipeline as P
     from edgeq.manifest import read_manifest
     from edgeq.runtime import cpu as cpu_mod
-    from edgeq.stages.memory import tree_rss
+    from edgeq.stages.memory import PeakRss
     from edgeq.targets import for_manifest
+    from edgeq.verify.device import read_bundle
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("build", type=Path)
@@ -32,20 +31,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the table here (markdown)")
     a = ap.parse_args()
 
-    peak = [0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.1):
-            peak[0] = max(peak[0], tree_rss())
-
-    threading.Thread(target=sample, daemon=True).start()
     rows: list[tuple[str, float, float]] = []
-    t0 = [time.time()]
+    current = [PeakRss(interval=0.1).__enter__(), time.time()]
 
-    def mark(stage: str) -> None:
-        rows.append((stage, time.time() - t0[0], max(peak[0], tree_rss()) / 2**30))
-        peak[0], t0[0] = 0, time.time()
+    def mark(stage: str) -> None:  # one stage ends, the next one's peak starts
+        peak, t0 = current
+        peak.__exit__(None, None, None)
+        rows.append((stage, time.time() - t0, peak.gb))
+        current[:] = [PeakRss(interval=0.1).__enter__(), time.time()]
 
     hold = P.Pipeline._hold_only
     stage = ["loading"]
@@ -61,12 +54,12 @@ def main() -> None:
     if a.prompt:
         opts = [P.GenerateOptions(prompt=a.prompt, seed=0)]
     else:
-        bundle = json.loads((a.build / "verify" / "bundle.json").read_text())
+        bundle = read_bundle(a.build)
         opts = [P.GenerateOptions(prompt=im["prompt"], seed=im["seed"]) for im in bundle["images"]]
     pipe = P.Pipeline(a.build, runners=for_manifest(manifest).runners(), low_memory=True)
     pipe.generate_many(opts)
     mark(stage[0])
-    stop.set()
+    current[0].__exit__(None, None, None)
     p = manifest["pipeline"]
     lines = [
         f"`{a.build}` ({manifest['model']['family']}, {manifest.get('target')}), {len(opts)} image(s) at "

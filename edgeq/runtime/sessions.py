@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import gc
 import os
 from pathlib import Path
@@ -34,7 +35,14 @@ def weight_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in files if f.is_file())
 
 
-_SHARED_ARENA: list[bool] = []
+@functools.cache
+def _register_shared_arena() -> None:
+    """The process's shared CPU arena, registered once: no cap, ``kSameAsRequested``, default initial
+    chunk and dead bytes per chunk."""
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
 
 
 def use_shared_arena(opts) -> None:
@@ -48,13 +56,7 @@ def use_shared_arena(opts) -> None:
     against 4.43 GB per call; the INT8 UNet's first call peaked higher, 3.21 against 2.36 GB), so
     they keep their own arena (``python tools/bench_shared_arena.py``,
     ``benchmarks/shared_arena_sd15_x86-vnni.md``, x86-vnni, 2 cores, 2026-12-04)."""
-    import onnxruntime as ort
-
-    if not _SHARED_ARENA:
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        # max memory 0 (no cap), kSameAsRequested, default initial chunk and dead bytes per chunk
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
-        _SHARED_ARENA.append(True)
+    _register_shared_arena()
     opts.add_session_config_entry("session.use_env_allocators", "1")
 
 
