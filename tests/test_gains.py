@@ -140,6 +140,59 @@ def test_gains_graph_quantizes_like_the_per_group_graphs(tiny_exports, target):
     assert w8(gained) == w8(base)  # one set of int8 weights
 
 
+def test_gains_go_only_to_tensors_whose_groups_differ_by_min_bits(tiny_exports):
+    """``min_bits``: a tensor takes a gain only when some group's scale is that many bits from the
+    fixed one; the others keep the fixed scale (no Mul in the graph), and the kept ones quantize
+    exactly as with every tensor gained. Nothing kept above the largest spread but the largest."""
+    import onnxruntime as ort
+
+    path, policy, _, _, feeds, per_group, base, fixed = _setup(tiny_exports, "openvino")
+    sym = policy.activation_symmetric
+    full = gain_table(fixed, per_group, policy.activation_type, sym, [{}, {}])
+    k_all = len(full.tensors)
+    spread = {t: float(np.abs(np.log2([full.row(g)[k] for g in range(2)])).max()) for k, t in enumerate(full.tensors)}
+    b = float(np.median(list(spread.values())))
+    part = gain_table(fixed, per_group, policy.activation_type, sym, [{}, {}], min_bits=b)
+    assert set(part.tensors) == {t for t, v in spread.items() if v >= b} and 0 < len(part.tensors) < k_all
+    assert part.tensors == tuple(t for t in full.tensors if t in set(part.tensors))  # graph order kept
+    for g in range(2):  # the kept tensors' gains are those of the full table
+        want = {t: (full.row(g)[k], full.row(g)[k_all + k]) for k, t in enumerate(full.tensors)}
+        k_part = len(part.tensors)
+        assert [(part.row(g)[k], part.row(g)[k_part + k]) for k in range(k_part)] == [want[t] for t in part.tensors]
+    top = gain_table(fixed, per_group, policy.activation_type, sym, [{}, {}], min_bits=99.0)
+    assert top.tensors == (max(spread, key=spread.get),)
+
+    muls = lambda m: sum(n.op_type == "Mul" and "edgeq_" in n.name for n in m.graph.node)  # noqa: E731
+    gained_full = add_gains(onnx.ModelProto.FromString(base.SerializeToString()), full.tensors)
+    gained = add_gains(onnx.ModelProto.FromString(base.SerializeToString()), part.tensors)
+    onnx.checker.check_model(gained)
+    assert 0 < muls(gained) < muls(gained_full)
+    probe = onnx.ModelProto.FromString(gained.SerializeToString())
+    dq = [f"{t}_DequantizeLinear_Output" for t in fixed]
+    for t in list(fixed) + dq:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from edgeq.quantize.gains import _limits
+
+    qmin, qmax = _limits(policy.activation_type, sym)
+    k_part = len(part.tensors)
+    for g, f in enumerate(feeds):
+        row = part.row(g)
+        outs = s.run(None, {**f, GAINS_INPUT: row})[1:]
+        for k, t in enumerate(fixed):
+            scale, z = fixed[t]
+            if t in part.tensors:  # the group's scale, as with every tensor gained
+                j = part.tensors.index(t)
+                scale, got = scale * row[k_part + j], outs[len(fixed) + k] * row[k_part + j]
+            else:  # the fixed graph's Q/DQ, untouched
+                got = outs[len(fixed) + k]
+            x = outs[k]
+            want = (np.clip(np.rint(x / scale) + z, qmin, qmax) - z) * scale
+            assert np.mean(np.abs(got - want) > 1e-3 * scale) < 1e-3, t
+
+
 def test_group_scale_keeps_the_zero_point_and_holds_the_range():
     s = group_scale((-1.0, 3.0), 64, "uint8", False)
     assert -64 * s <= -1.0 and (255 - 64) * s >= 3.0

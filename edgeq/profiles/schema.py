@@ -224,6 +224,9 @@ class CalibrationDefaults:
     auto_min_gain_db: float = setting(0.5, "auto: group only when the worst group gains this much", min=0.0)
     group_gains: bool = setting(True, "build group gains (one graph, per-group scales as a runtime input)")
     gains_tolerance_db: float = setting(0.25, "auto: gains when within this of the per-group graphs", min=0.0)
+    gains_min_bits: float = setting(
+        0.1, "gains only for tensors whose group scales differ from the shared one by this many bits", min=0.0
+    )
     auto_gains: bool = setting(True, "auto may deploy gains (false where their ops stop the int8 kernels)")
 
 

@@ -154,6 +154,7 @@ def check_folder(
         e2e=e2e,
         group_mode=chosen,
         variants=q.get("variants", {}),
+        gains=q.get("gains", {}),
         timings=timings,
         peak_rss_gb=peaks,
         quantized=manifest.get("quant_counts", {}),

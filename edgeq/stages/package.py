@@ -48,11 +48,16 @@ def quant_counts(cals: dict) -> dict[str, dict[str, int]]:
 def _unet_info(unet: QuantizedUnet | None, metrics: VariantMetrics | None, chosen: str) -> dict[str, Any]:
     if unet is None or metrics is None:
         return {}
-    mp, rc = unet.plan.mixed_precision, unet.plan.range_choice
+    mp, rc, g = unet.plan.mixed_precision, unet.plan.range_choice, unet.plan.gains
     return {
         "mode": chosen,
         "groups": unet.group_dicts,
         "variants": metrics.to_dict(),
+        **(
+            {"gains": {"tensors": len(g["tensors"]), "candidates": g.get("candidates"), "min_bits": g.get("min_bits")}}
+            if g
+            else {}
+        ),
         "precision": {
             "float_macs": unet.plan.float_macs,
             "mixed_precision": {k: v for k, v in mp.items() if k != "macs"} if mp else None,

@@ -47,6 +47,8 @@ class Report:
     kernel_fidelity: dict[str, Any] = field(default_factory=dict)
     # other runtimes that run the folder as it is (openvino: OpenVINO GenAI), or why not
     genai: dict[str, Any] = field(default_factory=dict)
+    # group gains built: how many activation tensors take one, of how many, at what spread
+    gains: dict[str, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -140,13 +142,19 @@ def grouping_gain(variants: dict[str, list[dict]]) -> dict[str, dict[str, float]
     return out
 
 
-def _grouping_gain(variants: dict[str, list[dict]]) -> list[str]:
+def _grouping_gain(variants: dict[str, list[dict]], built: dict[str, Any] | None = None) -> list[str]:
     gains = grouping_gain(variants)
     if not gains:
         return []
     lines = ["", "What per-group scales gain over one shared range (held-out calls):", ""]
     for mode, g in gains.items():
         lines.append(f"- {mode}: worst group {g['worst_db']:+.2f} dB, mean {g['mean_db']:+.2f} dB")
+    if built and "gains" in gains:
+        lines.append(
+            f"- the gains graph gains {built['tensors']} of {built['candidates']} activation tensors: those whose "
+            f"group scales differ from the shared one by at least {built['min_bits']:g} bits (`gains_min_bits`); "
+            "the others keep the shared scale and cost no multiply"
+        )
     return lines
 
 
@@ -311,7 +319,7 @@ def _markdown(r: Report) -> str:
     for i, row in enumerate(r.unet_groups):
         vals = " | ".join(f"{r.variants[m][i]['sqnr_db']:.2f}" for m in r.variants)
         lines.append(f"| {row['index']} | {row['t_min']:.0f}-{row['t_max']:.0f} | {vals} | {row['cosine']:.5f} |")
-    lines += _grouping_gain(r.variants)
+    lines += _grouping_gain(r.variants, r.gains)
     lines += ["", "## End to end (same seeds as FP32)", ""]
     for k, v in r.e2e.items():
         lines.append(f"- {k}: {json.dumps(v) if isinstance(v, dict) else (f'{v:.4g}' if isinstance(v, float) else v)}")
