@@ -90,13 +90,10 @@ def interleaved(build: Path, configs: list[str], height: int, width: int, batch:
     for c in configs:
         which, hint = c.rsplit(":", 1)
         path, x = _feeds(build, which, height, width, batch)
-        model = core.read_model(str(path))
-        names = {n for i in model.inputs for n in i.get_names()}
         cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
-        reqs.append(
-            (core.compile_model(model, "CPU", cfg).create_infer_request(), {k: v for k, v in x.items() if k in names})
-        )
-        del model
+        compiled = core.compile_model(str(path), "CPU", cfg)  # from the file: no ov.Model kept beside it
+        names = {n for i in compiled.inputs for n in i.get_names()}
+        reqs.append((compiled.create_infer_request(), {k: v for k, v in x.items() if k in names}))
         gc.collect()
     times: list[list[float]] = [[] for _ in configs]
     for r in range(rounds + 1):
@@ -170,10 +167,18 @@ def main() -> None:
             f"`python tools/profile_openvino_build.py {args.build} --height {args.height} --width {args.width} "
             f"--batch {args.batch} --interleave {args.interleave} --configs {' '.join(args.configs)}`; CPU flags "
             f"{' '.join(cpu)}; {time.strftime('%Y-%m-%d')}. Medians of {args.interleave} rounds after a warm-up round, "
-            "each round calling every configuration once.\n\n| configuration | median s | speed vs the first | calls s |\n|---|---|---|---|\n"
+            "each round calling every configuration once; paired: the median over rounds of the first "
+            "configuration's time in that round over this one's (robust to the machine's load changing "
+            "between rounds).\n\n| configuration | median s | speed vs the first (medians) | paired | calls s |\n"
+            "|---|---|---|---|---|\n"
         )
+        first = res[0]["calls_s"]
+        for r in res:
+            r["paired_speed"] = float(np.median([a / b for a, b in zip(first, r["calls_s"])]))
         text += "".join(
-            f"| {r['config']} | {r['median_s']:.3f} | {base / r['median_s']:.2f}x | {r['calls_s']} |\n" for r in res
+            f"| {r['config']} | {r['median_s']:.3f} | {base / r['median_s']:.2f}x | {r['paired_speed']:.2f}x | "
+            f"{r['calls_s']} |\n"
+            for r in res
         )
         print(text)
         if args.out:
