@@ -30,6 +30,14 @@ def test_tiny_sd_openvino_passes_its_gates(ov_build):
     assert worst["gains"] >= worst["per-group"] - 0.5
     plan = json.loads((out / "quant_plan.json").read_text())["unet"]
     assert len(plan["gains"]["table"]) == 4 and len(plan["gains"]["table"][0]) == 2 * len(plan["gains"]["tensors"])
+    # gains only where some group's scale is gains_min_bits (0.1) from the shared one: g_in = s / s_g
+    g, k = plan["gains"], len(plan["gains"]["tensors"])
+    assert g["min_bits"] == 0.1 and 0 < k < g["candidates"] <= len(plan["activations"])
+    spread = np.abs(np.log2(np.asarray(g["table"])[:, :k])).max(0)
+    assert spread.min() >= 0.1 - 1e-6
+    q = json.loads((out / "manifest.json").read_text())["quantization"]
+    assert q["gains"] == {"tensors": k, "candidates": g["candidates"], "min_bits": 0.1}
+    assert f"gains {k} of {g['candidates']} activation tensors" in (out / "report.md").read_text()
 
 
 def test_ir_and_explicit_precision_in_manifest(ov_build):
