@@ -131,6 +131,12 @@ def table(results: list[dict], top: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cpu() -> str:
+    from edgeq.runtime.cpu import detect
+
+    return detect().describe()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("build", type=Path)
@@ -158,15 +164,12 @@ def main() -> None:
     if args.interleave:
         res = interleaved(args.build, args.configs, args.height, args.width, args.batch, args.interleave)
         base = res[0]["median_s"]
-        cpu = sorted(
-            set(Path("/proc/cpuinfo").read_text().split())
-            & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"}
-        )
+        cpu = _cpu()
         text = (
             f"# OpenVINO UNet latency, interleaved: {args.build}, {args.height}x{args.width} px, batch {args.batch}\n\n"
             f"`python tools/profile_openvino_build.py {args.build} --height {args.height} --width {args.width} "
-            f"--batch {args.batch} --interleave {args.interleave} --configs {' '.join(args.configs)}`; CPU flags "
-            f"{' '.join(cpu)}; {time.strftime('%Y-%m-%d')}. Medians of {args.interleave} rounds after a warm-up round, "
+            f"--batch {args.batch} --interleave {args.interleave} --configs {' '.join(args.configs)}`; CPU "
+            f"{cpu}; {time.strftime('%Y-%m-%d')}. Medians of {args.interleave} rounds after a warm-up round, "
             "each round calling every configuration once; paired: the median over rounds of the first "
             "configuration's time in that round over this one's (robust to the machine's load changing "
             "between rounds).\n\n| configuration | median s | speed vs the first (medians) | paired | calls s |\n"
@@ -202,16 +205,14 @@ def main() -> None:
             sys.exit(f"{c} failed:\n{p.stderr[-3000:]}")
         results.append(json.loads(line[7:]))
         print(f"{c}: {results[-1]['median_s']:.3f} s per call {results[-1]['calls_s']}", flush=True)
-    cpu = sorted(
-        set(Path("/proc/cpuinfo").read_text().split()) & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"}
-    )
+    cpu = _cpu()
     import openvino as ov
 
     head = (
         f"# OpenVINO per-layer profile: {args.build} UNet, {args.height}x{args.width} px, batch {args.batch}\n\n"
         f"`python tools/profile_openvino_build.py {args.build} --height {args.height} --width {args.width} "
         f"--batch {args.batch} --repeats {args.repeats} --configs {' '.join(args.configs)}`; OpenVINO "
-        f"{ov.__version__}; CPU flags {' '.join(cpu)}; {time.strftime('%Y-%m-%d')}. Seconds of the last call "
+        f"{ov.__version__}; CPU {cpu}; {time.strftime('%Y-%m-%d')}. Seconds of the last call "
         "per layer type:execution precision (layer count); configurations `graph:hint`.\n\n"
     )
     text = head + table(results, args.top)
