@@ -150,8 +150,14 @@ def test_gains_go_only_to_tensors_whose_groups_differ_by_min_bits(tiny_exports):
     sym = policy.activation_symmetric
     full = gain_table(fixed, per_group, policy.activation_type, sym, [{}, {}])
     k_all = len(full.tensors)
-    spread = {t: float(np.abs(np.log2([full.row(g)[k] for g in range(2)])).max()) for k, t in enumerate(full.tensors)}
-    b = float(np.median(list(spread.values())))
+    spread = {  # as gain_table measures it (float64), not from the float32 table
+        t: max(
+            abs(np.log2(fixed[t][0] / group_scale(r[t], fixed[t][1], policy.activation_type, sym))) for r in per_group
+        )
+        for t in full.tensors
+    }
+    cut = sorted(set(spread.values()))
+    b = float(np.mean(cut[len(cut) // 2 - 1 : len(cut) // 2 + 1]))  # between two spreads, never on one
     part = gain_table(fixed, per_group, policy.activation_type, sym, [{}, {}], min_bits=b)
     assert set(part.tensors) == {t for t, v in spread.items() if v >= b} and 0 < len(part.tensors) < k_all
     assert part.tensors == tuple(t for t in full.tensors if t in set(part.tensors))  # graph order kept
@@ -159,8 +165,10 @@ def test_gains_go_only_to_tensors_whose_groups_differ_by_min_bits(tiny_exports):
         want = {t: (full.row(g)[k], full.row(g)[k_all + k]) for k, t in enumerate(full.tensors)}
         k_part = len(part.tensors)
         assert [(part.row(g)[k], part.row(g)[k_part + k]) for k in range(k_part)] == [want[t] for t in part.tensors]
+    assert not part.fallback and part.candidates == k_all and part.min_bits == b
     top = gain_table(fixed, per_group, policy.activation_type, sym, [{}, {}], min_bits=99.0)
-    assert top.tensors == (max(spread, key=spread.get),)
+    assert top.tensors == (max(spread, key=spread.get),) and top.fallback
+    assert type(top).from_dict(top.to_dict()) == top
 
     muls = lambda m: sum(n.op_type == "Mul" and "edgeq_" in n.name for n in m.graph.node)  # noqa: E731
     gained_full = add_gains(onnx.ModelProto.FromString(base.SerializeToString()), full.tensors)

@@ -29,6 +29,22 @@ def test_cache_key_follows_every_input(tmp_path):
                 c.key("stats", Inp(1, ("x",)), Path("/b"), {"s": 1})}) == 4  # fmt: skip
 
 
+def test_a_stage_version_bump_changes_the_keys_of_its_kind(tmp_path, monkeypatch):
+    """``ranges-unet`` and ``gains-unet`` take their kind's version (``ranges``, ``gains``): bumping
+    it invalidates every component's folder of that kind, and nothing else."""
+    from edgeq.stages import cache
+
+    c = StageCache(tmp_path)
+    assert cache.stage_version("ranges-unet") == cache.VERSIONS["ranges"]
+    assert cache.stage_version("trt-sim") == cache.VERSIONS["trt-sim"]
+    assert cache.stage_version("capture-calibration") == 0
+    before = {s: c.key(s, "x") for s in ("gains-unet", "gains-vae_decoder", "ranges-unet")}
+    monkeypatch.setitem(cache.VERSIONS, "gains", cache.VERSIONS["gains"] + 1)
+    after = {s: c.key(s, "x") for s in before}
+    assert after["gains-unet"] != before["gains-unet"] and after["gains-vae_decoder"] != before["gains-vae_decoder"]
+    assert after["ranges-unet"] == before["ranges-unet"]
+
+
 def test_cache_keys_survive_a_moved_or_linked_cache(tmp_path):
     """Stage inputs name files in the cache (the capture folder, the export): the keys do not
     depend on how the cache folder is spelled."""

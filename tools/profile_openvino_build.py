@@ -29,12 +29,15 @@ def _feeds(build: Path, which: str, height: int, width: int, batch: int) -> tupl
     manifest["pipeline"]["resolution"] = [height, width]
     folder = build if which != "fp32" else Path(manifest["source_export"]["folder"])
     info = read_manifest(folder)["components"]["unet"]
+    if "path" not in info:
+        sys.exit(f"{build}: a per-group build (one UNet graph per group); profile a shared or gains build")
     x = feeds_for(manifest, info)
     for k, v in x.items():  # the batch asked for, whatever the pipeline's guidance
         if k != "timestep" and v.ndim and v.shape[0] in (1, 2):
             x[k] = np.ascontiguousarray(np.broadcast_to(v[:1], (batch, *v.shape[1:])))
     path = folder / info["path"] if which in ("int8", "fp32") else Path(which)  # or a model file fed alike
-    gains_file = path.parent / "gains.json"  # a gains graph's table beside it (group 0's row is fed)
+    # a gains graph's table (group 0's row is fed): the build's, or the one beside a model file
+    gains_file = folder / info["gains"] if which == "int8" and info.get("gains") else path.parent / "gains.json"
     if gains_file.is_file():
         gains = json.loads(gains_file.read_text())
         x[gains["input"]] = np.asarray(gains["table"], np.float32)[0]
@@ -102,7 +105,8 @@ def interleaved(build: Path, configs: list[str], height: int, width: int, batch:
             req.infer(x)
             if r:
                 times[k].append(time.perf_counter() - t0)
-        print(f"round {r}: " + " ".join(f"{t[-1]:.3f}" for t in times if t), file=sys.stderr, flush=True)
+        if r:
+            print(f"round {r}: " + " ".join(f"{t[-1]:.3f}" for t in times), file=sys.stderr, flush=True)
     return [
         {"config": c, "median_s": float(np.median(t)), "calls_s": [round(v, 3) for v in t]}
         for c, t in zip(configs, times)

@@ -8,15 +8,17 @@ gives the group's result when its output is multiplied by ``s_g / s`` before the
     x -> Mul(g_in) -> Q(s, z) -> DQ(s, z) -> Conv (no bias) -> Mul(g_out) -> Add(bias) -> y
 
 ``g_in = s / s_g`` and ``g_out = s_g / s`` are read from one small graph input, ``edgeq_gains``
-(``[g_in of every tensor..., g_out of every tensor...]``), whose values the runtime picks by the
+(``[g_in of every gained tensor..., g_out of every gained tensor...]``), whose values the runtime picks by the
 call's timestep group from ``gains.json``. One graph and one set of weights serve every group on
 every target. A DQ output that feeds anything other than a linear quantized op (a float reader of
 a quantized op's output Q/DQ) is multiplied back by ``g_out`` on that edge.
 
 Zero points cannot change at run time: an asymmetric tensor keeps the fixed graph's zero point
 ``z`` and each group gets the smallest scale whose grid ``[(qmin - z) s_g, (qmax - z) s_g]`` holds
-the group's range. With symmetric activations (TensorRT) this is exactly the per-group graph;
-:func:`reference_ranges` gives the ranges of the per-group graphs it is exactly equivalent to.
+the group's range. With symmetric activations (TensorRT) a gained tensor is quantized exactly as in
+the per-group graph; :func:`reference_ranges` gives the ranges of the per-group graphs the gains graph
+is exactly equivalent to when every tensor is gained (``gains_min_bits = 0``). Tensors whose groups
+differ by less than ``min_bits`` (:func:`gain_table`) keep the fixed graph's scale in every group.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Gains:
     groups: tuple[dict, ...]
     candidates: int = 0  # activation tensors that could take a gain (``tensors`` are those that do)
     min_bits: float = 0.0  # the spread a tensor's groups needed to take one
+    fallback: bool = False  # no tensor reached ``min_bits``: the one whose groups differ most is kept
 
     def row(self, group: int) -> np.ndarray:
         return np.asarray(self.table[group], np.float32)
@@ -57,14 +60,17 @@ class Gains:
             "tensors": list(self.tensors),
             "groups": list(self.groups),
             "table": [list(r) for r in self.table],
-            "candidates": self.candidates or len(self.tensors),
+            "candidates": self.candidates,
             "min_bits": self.min_bits,
+            "fallback": self.fallback,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Gains:
         rows = tuple(tuple(r) for r in d["table"])
-        return cls(tuple(d["tensors"]), rows, tuple(d["groups"]), d.get("candidates", 0), d.get("min_bits", 0.0))
+        tensors = tuple(d["tensors"])  # written before min_bits: every candidate gained
+        extra = (d.get("candidates", len(tensors)), d.get("min_bits", 0.0), d.get("fallback", False))
+        return cls(tensors, rows, tuple(d["groups"]), *extra)
 
 
 def _limits(qtype: str, symmetric: bool) -> tuple[int, int]:
@@ -110,11 +116,12 @@ def gain_table(
     of the tensors' groups differ by under 0.1 bit). At least one tensor is kept (the one whose
     groups differ most), so the graph keeps its gains input."""
     tensors = [t for t in fixed if all(t in r for r in per_group)]
-    candidates = len(tensors)
+    candidates, fallback = len(tensors), False
     scales = {t: [group_scale(ranges[t], fixed[t][1], qtype, symmetric) for ranges in per_group] for t in tensors}
     if min_bits > 0 and tensors:
         spread = {t: max(abs(float(np.log2(fixed[t][0] / sg))) for sg in scales[t]) for t in tensors}
         kept = [t for t in tensors if spread[t] >= min_bits]
+        fallback = not kept
         tensors = kept or [max(tensors, key=lambda t: spread[t])]
     rows = []
     for g in range(len(per_group)):
@@ -124,7 +131,7 @@ def gain_table(
             g_in.append(float(np.float32(s / sg)))
             g_out.append(float(np.float32(sg / s)))
         rows.append(tuple(g_in + g_out))
-    return Gains(tuple(tensors), tuple(rows), tuple(groups), candidates, float(min_bits))
+    return Gains(tuple(tensors), tuple(rows), tuple(groups), candidates, float(min_bits), fallback)
 
 
 def reference_ranges(

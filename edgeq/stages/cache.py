@@ -23,8 +23,24 @@ from typing import Any
 from edgeq.fsutil import write_json
 
 MARKER = "done"
-# bump a stage's version when its output format or algorithm changes
-VERSIONS = {"smooth": 1, "ranges": 2, "mixed": 2, "macs": 1, "split": 1, "quant": 3, "stats": 1, "trt-sim": 1}
+# bump a stage's version when its output format or algorithm changes; a stage named ``<kind>-<component>``
+# (``ranges-unet``, ``gains-unet``) takes its kind's version
+VERSIONS = {
+    "smooth": 1,
+    "ranges": 2,
+    "mixed": 2,
+    "macs": 1,
+    "split": 1,
+    "quant": 3,
+    "stats": 1,
+    "trt-sim": 1,
+    "gains": 1,
+}
+
+
+def stage_version(stage: str) -> int:
+    """The version of a stage: its own entry, else its kind's (the name before the first ``-``)."""
+    return VERSIONS.get(stage, VERSIONS.get(stage.split("-")[0], 0))
 
 
 def _plain(x: Any) -> Any:
@@ -71,7 +87,7 @@ class StageCache:
         self._within = tuple(sorted((s for s in spellings if s not in ("", ".")), key=len, reverse=True))
 
     def key(self, stage: str, *inputs: Any) -> str:
-        return digest(stage, VERSIONS.get(stage, 0), self._libs, inputs, within=self._within)
+        return digest(stage, stage_version(stage), self._libs, inputs, within=self._within)
 
     def path(self, stage: str, *inputs: Any, suffix: str = "") -> Path:
         return self.root / f"{stage}-{self.key(stage, *inputs)}{suffix}"

@@ -48,22 +48,21 @@ def quant_counts(cals: dict) -> dict[str, dict[str, int]]:
 def _unet_info(unet: QuantizedUnet | None, metrics: VariantMetrics | None, chosen: str) -> dict[str, Any]:
     if unet is None or metrics is None:
         return {}
-    mp, rc, g = unet.plan.mixed_precision, unet.plan.range_choice, unet.plan.gains
-    return {
+    mp, rc = unet.plan.mixed_precision, unet.plan.range_choice
+    info = {
         "mode": chosen,
         "groups": unet.group_dicts,
         "variants": metrics.to_dict(),
-        **(
-            {"gains": {"tensors": len(g["tensors"]), "candidates": g.get("candidates"), "min_bits": g.get("min_bits")}}
-            if g
-            else {}
-        ),
         "precision": {
             "float_macs": unet.plan.float_macs,
             "mixed_precision": {k: v for k, v in mp.items() if k != "macs"} if mp else None,
             "range_choice": {k: v for k, v in rc.items() if k != "classes"} if rc else None,
         },
     }
+    g = unet.plan.gains
+    if g:  # how many tensors the gains graph gains, of how many (gains_min_bits)
+        info["gains"] = {k: g.get(k) for k in ("candidates", "min_bits", "fallback")} | {"tensors": len(g["tensors"])}
+    return info
 
 
 def _settings(ctx: Context) -> dict[str, Any]:
