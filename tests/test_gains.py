@@ -65,6 +65,33 @@ def _run(model: onnx.ModelProto, feeds: dict, level: str = "ORT_ENABLE_ALL") -> 
     return s.run(None, {k: v for k, v in feeds.items() if k in names})[0]
 
 
+def _probe(model: onnx.ModelProto, tensors, level: str = "ORT_ENABLE_ALL"):
+    """A run of ``model`` that returns each of ``tensors`` and its DequantizeLinear output (ORT's
+    quantizer names it ``<t>_DequantizeLinear_Output``): ``run(feeds) -> (values, dequantized)``."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    names = list(tensors) + [f"{t}_DequantizeLinear_Output" for t in tensors]
+    for t in names:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    s = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    n = len(tensors)
+
+    def run(feeds: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        outs = s.run(names, feeds)
+        return outs[:n], outs[n:]
+
+    return run
+
+
+def _assert_quantized(got: np.ndarray, x: np.ndarray, scale: float, z: int, limits: tuple[int, int], name: str):
+    """``got`` is ``x`` quantized with ``scale`` and zero point ``z`` (all but a few roundings)."""
+    want = (np.clip(np.rint(x / scale) + z, *limits) - z) * scale
+    assert np.mean(np.abs(got - want) > 1e-3 * scale) < 1e-3, name
+
+
 def test_gains_graph_is_bit_exact_to_per_group_graphs_with_power_of_two_scales(tiny_exports):
     """TensorRT's flavour (symmetric int8 on inputs only): with group scales s * 2^k, every product
     and rounding in the gains graph is the per-group graph's, exactly."""
@@ -96,8 +123,6 @@ def test_gains_graph_quantizes_like_the_per_group_graphs(tiny_exports, target):
     same per-group graph at two ORT optimisation levels differs as much), so end to end the test
     compares quality against FP32.
     """
-    import onnxruntime as ort
-
     from edgeq.quantize.gains import _limits
 
     path, policy, decisions, tensors, feeds, per_group, base, fixed = _setup(tiny_exports, target)
@@ -106,26 +131,20 @@ def test_gains_graph_quantizes_like_the_per_group_graphs(tiny_exports, target):
     gained = add_gains(onnx.ModelProto.FromString(base.SerializeToString()), gains.tensors)
     onnx.checker.check_model(gained)
     refs = reference_ranges(fixed, per_group, policy.activation_type, sym)
-    qmin, qmax = _limits(policy.activation_type, sym)
+    limits = _limits(policy.activation_type, sym)
     k_all = len(gains.tensors)
-    probe = onnx.ModelProto.FromString(gained.SerializeToString())
-    dq = [f"{t}_DequantizeLinear_Output" for t in gains.tensors]
-    for t in list(gains.tensors) + dq:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    probe = _probe(gained, gains.tensors)
     fp32 = onnx.load(str(path))
     for g, f in enumerate(feeds):
         row = gains.row(g)
         ref_model = quantize_graph(path, decisions, policy, refs[g])
         ref_q = read_activation_qparams(ref_model, tensors)
-        s = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        outs = s.run(None, {**f, GAINS_INPUT: row})[1:]
+        xs, dqs = probe({**f, GAINS_INPUT: row})
         for k, t in enumerate(gains.tensors):
             scale, z = ref_q[t]  # the per-group graph's scale is the gained one, its zero point the fixed one
             assert z == fixed[t][1]
             assert scale == pytest.approx(fixed[t][0] * row[k_all + k], rel=1e-5)
-            x, got = outs[k], outs[k_all + k] * row[k_all + k]
-            want = (np.clip(np.rint(x / scale) + z, qmin, qmax) - z) * scale
-            assert np.mean(np.abs(got - want) > 1e-3 * scale) < 1e-3, t
+            _assert_quantized(dqs[k] * row[k_all + k], xs[k], scale, z, limits, t)
         # the graphs' own arithmetic (optimisation off): on x86 without VNNI, ORT's fused int8 kernels
         # saturate the per-group graph's 8-bit weights, while the gains graph's Mul keeps it unfused
         ex = "ORT_DISABLE_ALL"
@@ -144,8 +163,6 @@ def test_gains_go_only_to_tensors_whose_groups_differ_by_min_bits(tiny_exports):
     """``min_bits``: a tensor takes a gain only when some group's scale is that many bits from the
     fixed one; the others keep the fixed scale (no Mul in the graph), and the kept ones quantize
     exactly as with every tensor gained. Nothing kept above the largest spread but the largest."""
-    import onnxruntime as ort
-
     path, policy, _, _, feeds, per_group, base, fixed = _setup(tiny_exports, "openvino")
     sym = policy.activation_symmetric
     full = gain_table(fixed, per_group, policy.activation_type, sym, [{}, {}])
@@ -175,30 +192,21 @@ def test_gains_go_only_to_tensors_whose_groups_differ_by_min_bits(tiny_exports):
     gained = add_gains(onnx.ModelProto.FromString(base.SerializeToString()), part.tensors)
     onnx.checker.check_model(gained)
     assert 0 < muls(gained) < muls(gained_full)
-    probe = onnx.ModelProto.FromString(gained.SerializeToString())
-    dq = [f"{t}_DequantizeLinear_Output" for t in fixed]
-    for t in list(fixed) + dq:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    s = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
     from edgeq.quantize.gains import _limits
 
-    qmin, qmax = _limits(policy.activation_type, sym)
+    limits = _limits(policy.activation_type, sym)
+    probe = _probe(gained, list(fixed), "ORT_DISABLE_ALL")
     k_part = len(part.tensors)
     for g, f in enumerate(feeds):
         row = part.row(g)
-        outs = s.run(None, {**f, GAINS_INPUT: row})[1:]
+        xs, dqs = probe({**f, GAINS_INPUT: row})
         for k, t in enumerate(fixed):
             scale, z = fixed[t]
+            got = dqs[k]  # ungained: the fixed graph's Q/DQ, untouched
             if t in part.tensors:  # the group's scale, as with every tensor gained
                 j = part.tensors.index(t)
-                scale, got = scale * row[k_part + j], outs[len(fixed) + k] * row[k_part + j]
-            else:  # the fixed graph's Q/DQ, untouched
-                got = outs[len(fixed) + k]
-            x = outs[k]
-            want = (np.clip(np.rint(x / scale) + z, qmin, qmax) - z) * scale
-            assert np.mean(np.abs(got - want) > 1e-3 * scale) < 1e-3, t
+                scale, got = scale * row[k_part + j], dqs[k] * row[k_part + j]
+            _assert_quantized(got, xs[k], scale, z, limits, t)
 
 
 def test_group_scale_keeps_the_zero_point_and_holds_the_range():

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # profile_openvino_unet beside it
+
 
 def _feeds(build: Path, which: str, height: int, width: int, batch: int) -> tuple[Path, dict]:
     from edgeq.bench import feeds_for
@@ -44,19 +46,23 @@ def _feeds(build: Path, which: str, height: int, width: int, batch: int) -> tupl
     return path, x
 
 
+def _compiled(core, path: Path, x: dict, cfg: dict) -> tuple:
+    """An infer request of ``path`` compiled from the file (no ov.Model kept beside it) and the feeds
+    it takes."""
+    compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", **cfg})
+    names = {n for i in compiled.inputs for n in i.get_names()}
+    return compiled.create_infer_request(), {k: v for k, v in x.items() if k in names}
+
+
 def child(build: Path, which: str, hint: str, height: int, width: int, batch: int, repeats: int) -> dict:
     import resource
 
     import openvino as ov
+    from profile_openvino_unet import layer_times
 
     path, x = _feeds(build, which, height, width, batch)
-    core = ov.Core()
-    model = core.read_model(str(path))
-    names = {n for i in model.inputs for n in i.get_names()}
-    x = {k: v for k, v in x.items() if k in names}
-    cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint, "PERF_COUNT": True}
     t0 = time.perf_counter()
-    req = core.compile_model(model, "CPU", cfg).create_infer_request()
+    req, x = _compiled(ov.Core(), path, x, {"INFERENCE_PRECISION_HINT": hint, "PERF_COUNT": True})
     compile_s = time.perf_counter() - t0
     req.infer(x)  # warm-up
     ts = []
@@ -64,19 +70,13 @@ def child(build: Path, which: str, hint: str, height: int, width: int, batch: in
         t1 = time.perf_counter()
         req.infer(x)
         ts.append(time.perf_counter() - t1)
-    secs: collections.Counter[str] = collections.Counter()
-    count: collections.Counter[str] = collections.Counter()
-    for p in req.profiling_info:  # the last call
-        key = f"{p.node_type}:{p.exec_type.split('_')[-1] if p.exec_type else ''}"
-        secs[key] += p.real_time.total_seconds()
-        count[key] += 1
     return {
         "config": f"{which}:{hint}",
         "median_s": float(np.median(ts)),
         "calls_s": [round(t, 3) for t in ts],
         "compile_s": round(compile_s, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "layers": {k: [round(v, 4), count[k]] for k, v in secs.most_common()},
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),  # this child's
+        "layers": layer_times(req),  # the last call
     }
 
 
@@ -93,10 +93,7 @@ def interleaved(build: Path, configs: list[str], height: int, width: int, batch:
     for c in configs:
         which, hint = c.rsplit(":", 1)
         path, x = _feeds(build, which, height, width, batch)
-        cfg = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
-        compiled = core.compile_model(str(path), "CPU", cfg)  # from the file: no ov.Model kept beside it
-        names = {n for i in compiled.inputs for n in i.get_names()}
-        reqs.append((compiled.create_infer_request(), {k: v for k, v in x.items() if k in names}))
+        reqs.append(_compiled(core, path, x, {"INFERENCE_PRECISION_HINT": hint}))
         gc.collect()
     times: list[list[float]] = [[] for _ in configs]
     for r in range(rounds + 1):
