@@ -32,11 +32,11 @@ def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
     )
 
 
-def _setup(tiny_exports, target):
+def _setup(tiny_exports, target, family: str | None = None):
     import onnxruntime as ort
 
     path = tiny_exports["sd15"] / "unet" / "model.onnx"
-    policy = load_profile(target).policy("unet")
+    policy = load_profile(target).policy("unet").for_family(family)
     model = onnx.load(str(path))
     decisions = decide(model.graph, policy)
     tensors = tensors_to_calibrate(model.graph, decisions)
@@ -207,6 +207,60 @@ def test_gains_go_only_to_tensors_whose_groups_differ_by_min_bits(tiny_exports):
                 j = part.tensors.index(t)
                 scale, got = scale * row[k_part + j], dqs[k] * row[k_part + j]
             _assert_quantized(got, xs[k], scale, z, limits, t)
+
+
+def test_attention_cores_take_no_gain_and_openvino_keeps_attention_fused(tiny_exports, tmp_path):
+    """``gains_attention = false``: the attention cores' tensors (Q, K, V as they enter the two
+    activation MatMuls, scores, probabilities, context) keep the fixed scale in every group whatever
+    their spread; OpenVINO then runs every attention of the gains graph as it runs the shared graph's,
+    where gains on them break the fusion. The projections' own outputs keep their gains."""
+    import openvino as ov
+
+    from edgeq.quantize.gains import _limits, attention_tensors
+
+    path, policy, _, _, feeds, per_group, base, fixed = _setup(tiny_exports, "openvino", "x86-vnni")
+    assert policy.activation_matmul == "int8"  # the family whose attention MatMuls are int8
+    assert load_profile("openvino").calibration.gains_attention is True  # the default; an option
+    att = attention_tensors(base)
+    n_softmax = sum(n.op_type == "Softmax" for n in base.graph.node)
+    # per attention: scores, probabilities, context, and Q, K, V as they enter
+    assert n_softmax and len(att) == 6 * n_softmax and att <= set(fixed)
+    assert all("/attn1/" in t or "/attn2/" in t for t in att)
+    args = (fixed, per_group, policy.activation_type, policy.activation_symmetric, [{}, {}])
+    every = gain_table(*args)
+    held = gain_table(*args, hold_back=att)
+    assert set(held.tensors) == set(every.tensors) - att and held.held_back == len(att & set(every.tensors)) > 0
+    assert held.candidates == every.candidates and type(held).from_dict(held.to_dict()) == held
+    assert {t for t in held.tensors if "/to_q/" in t or "/to_k/" in t or "/to_v/" in t}  # still gained
+    assert gain_table(*args, hold_back=set(every.tensors)).tensors == every.tensors  # never none at all
+
+    def unfused_softmax(tensors) -> int:  # Softmax layers OpenVINO runs outside a fused subgraph
+        m = onnx.ModelProto.FromString(base.SerializeToString())
+        f = tmp_path / f"g{len(tensors)}.onnx"
+        onnx.save(add_gains(m, tensors) if tensors else m, str(f))
+        c = ov.Core().compile_model(str(f), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return sum(n.get_rt_info()["layerType"].astype(str) == "Softmax" for n in c.get_runtime_model().get_ops())
+
+    shared = unfused_softmax(())  # 0 where this CPU's plugin fuses int8 attention (AVX-512 VNNI: all 14)
+    assert unfused_softmax(held.tensors) == shared  # the gains graph runs attention as the shared one does
+    if shared < n_softmax:
+        assert unfused_softmax(every.tensors) > shared  # what the hold-back is for
+
+    # exact arithmetic: held-back tensors quantize with the fixed scale in every group, gained ones
+    # with the group's
+    gained = add_gains(onnx.ModelProto.FromString(base.SerializeToString()), held.tensors)
+    names = sorted(att)[:6] + list(held.tensors[:3])
+    probe, k_held = _probe(gained, names, "ORT_DISABLE_ALL"), len(held.tensors)
+    limits = _limits(policy.activation_type, policy.activation_symmetric)
+    for g, f in enumerate(feeds):
+        row = held.row(g)
+        xs, dqs = probe({**f, GAINS_INPUT: row})
+        for k, t in enumerate(names):
+            scale, got = fixed[t][0], dqs[k]
+            if t in held.tensors:
+                j = held.tensors.index(t)
+                scale, got = scale * row[k_held + j], dqs[k] * row[k_held + j]
+            _assert_quantized(got, xs[k], scale, fixed[t][1], limits, t)
 
 
 def test_group_scale_keeps_the_zero_point_and_holds_the_range():

@@ -228,6 +228,9 @@ class CalibrationDefaults:
         0.1, "gains only for tensors whose group scales differ from the shared one by this many bits", min=0.0
     )
     auto_gains: bool = setting(True, "auto may deploy gains (false where their ops stop the int8 kernels)")
+    gains_attention: bool = setting(
+        True, "gains may go on attention scores, probabilities and context (false where they break fused attention)"
+    )
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class Gains:
     candidates: int = 0  # activation tensors that could take a gain (``tensors`` are those that do)
     min_bits: float = 0.0  # the spread a tensor's groups needed to take one
     fallback: bool = False  # no tensor reached ``min_bits``: the one whose groups differ most is kept
+    held_back: int = 0  # candidates never gained (attention outputs on a runtime that fuses attention)
 
     def row(self, group: int) -> np.ndarray:
         return np.asarray(self.table[group], np.float32)
@@ -63,13 +64,19 @@ class Gains:
             "candidates": self.candidates,
             "min_bits": self.min_bits,
             "fallback": self.fallback,
+            "held_back": self.held_back,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> Gains:
         rows = tuple(tuple(r) for r in d["table"])
         tensors = tuple(d["tensors"])  # written before min_bits: every candidate gained
-        extra = (d.get("candidates", len(tensors)), d.get("min_bits", 0.0), d.get("fallback", False))
+        extra = (
+            d.get("candidates", len(tensors)),
+            d.get("min_bits", 0.0),
+            d.get("fallback", False),
+            d.get("held_back", 0),
+        )
         return cls(tensors, rows, tuple(d["groups"]), *extra)
 
 
@@ -105,6 +112,7 @@ def gain_table(
     symmetric: bool,
     groups: list[dict],
     min_bits: float = 0.0,
+    hold_back: frozenset[str] | set[str] = frozenset(),
 ) -> Gains:
     """Gains of the tensors with fixed Q/DQ parameters ``fixed`` (scale, zero point) per group.
 
@@ -114,9 +122,15 @@ def gain_table(
     ``6.02 b`` dB of quantization SNR, and each gained tensor costs elementwise multiplies on a
     runtime that cannot fold them (OpenVINO: 2,043 Multiply layers in an SDXL-shaped UNet where 90%
     of the tensors' groups differ by under 0.1 bit). At least one tensor is kept (the one whose
-    groups differ most), so the graph keeps its gains input."""
+    groups differ most), so the graph keeps its gains input.
+
+    ``hold_back``: candidates that never take a gain, whatever their spread (see
+    :func:`attention_tensors`); they count as candidates and keep the fixed scale."""
     tensors = [t for t in fixed if all(t in r for r in per_group)]
     candidates, fallback = len(tensors), False
+    eligible = [t for t in tensors if t not in hold_back]
+    held = len(tensors) - len(eligible) if eligible else 0  # all held back: the graph still needs one
+    tensors = eligible or tensors
     scales = {t: [group_scale(ranges[t], fixed[t][1], qtype, symmetric) for ranges in per_group] for t in tensors}
     if min_bits > 0 and tensors:
         spread = {t: max(abs(float(np.log2(fixed[t][0] / sg))) for sg in scales[t]) for t in tensors}
@@ -131,7 +145,49 @@ def gain_table(
             g_in.append(float(np.float32(s / sg)))
             g_out.append(float(np.float32(sg / s)))
         rows.append(tuple(g_in + g_out))
-    return Gains(tuple(tensors), tuple(rows), tuple(groups), candidates, float(min_bits), fallback)
+    return Gains(tuple(tensors), tuple(rows), tuple(groups), candidates, float(min_bits), fallback, held)
+
+
+def attention_tensors(model: onnx.ModelProto) -> set[str]:
+    """The tensors of a Q/DQ graph's attention cores: the outputs of the MatMuls whose two inputs are
+    both activations (Q.K^T, P.V) and of Softmax, and the quantized activations those MatMuls read
+    (Q, K^T, V as they enter).
+
+    OpenVINO's CPU plugin runs each attention (MatMul, Softmax, MatMul with their FakeQuantize) as one
+    fused int8 subgraph. A gain on the scores, probabilities or context puts Multiply layers inside
+    that pattern and the plugin falls back to separate MatMul, Multiply and f32 Softmax layers (8 of
+    tiny-sd's 14 attentions with gains at 0.1 bit); a gain on Q, K or V alone keeps the fusion but
+    the fused kernel then departs from the exact Q/DQ arithmetic (tiny-lcm, 4 steps: 1.33 dB kernel
+    gap in one step, against 0.00 with no gain in the core)."""
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    prod = {o: n for n in g.node for o in n.output}
+
+    def source(x: str) -> tuple[str, bool]:
+        """What a MatMul input carries: the float tensor its Q/DQ pair quantizes, and whether it is
+        quantized (a DQ of a Q)."""
+        n = prod.get(x)
+        if n is not None and n.op_type == "DequantizeLinear":
+            q = prod.get(n.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                return q.input[0], True
+            return n.input[0], False
+        return x, False
+
+    def activation(x: str) -> bool:
+        n = prod.get(x)
+        return x not in inits and not (n is not None and n.op_type == "Constant")
+
+    out = set()
+    for n in g.node:
+        if n.op_type == "Softmax":
+            out.add(n.output[0])
+        elif n.op_type == "MatMul":
+            srcs = [source(x) for x in n.input[:2]]
+            if all(activation(x) for x, _ in srcs):
+                out.add(n.output[0])
+                out |= {x for x, quantized in srcs if quantized}
+    return out
 
 
 def reference_ranges(

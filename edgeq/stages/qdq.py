@@ -227,8 +227,10 @@ def quantize_unet(ctx: Context, cal: ComponentStats, cap: Capture, log=print) ->
     mode = ctx.plan.group_mode
     if per_dir is not None and (mode == "gains" or (mode == "auto" and c.group_gains and c.auto_gains)):
         gains_dir = ctx.stages.folder(
-            "gains-unet", str(root), c.gains_min_bits,
-            make=lambda tmp: write_gains_graph(shared_model, cal, per_group, gd, tmp, c.gains_min_bits),
+            "gains-unet", str(root), c.gains_min_bits, c.gains_attention,
+            make=lambda tmp: write_gains_graph(
+                shared_model, cal, per_group, gd, tmp, c.gains_min_bits, c.gains_attention
+            ),
         )  # fmt: skip
         gains = {"graph": "gains/model.onnx", **_read_json(gains_dir / GAINS_FILE)}
     plan = UnetPlan(
@@ -258,16 +260,24 @@ def _read_json(path: Path):
 
 
 def write_gains_graph(
-    shared_model, cal: ComponentStats, per_group: list[dict], groups: list[dict], dst: Path, min_bits: float = 0.0
+    shared_model,
+    cal: ComponentStats,
+    per_group: list[dict],
+    groups: list[dict],
+    dst: Path,
+    min_bits: float = 0.0,
+    attention: bool = True,
 ) -> None:
     """The shared Q/DQ graph with group gains on the tensors whose groups differ by ``min_bits`` or
-    more, and its ``gains.json``."""
-    from edgeq.quantize.gains import add_gains, gain_table
+    more (not on attention scores, probabilities and context unless ``attention``), and its
+    ``gains.json``."""
+    from edgeq.quantize.gains import add_gains, attention_tensors, gain_table
     from edgeq.quantize.insert import read_activation_qparams
 
     p = cal.policy
     fixed = read_activation_qparams(shared_model, list(cal.tensors))
-    gains = gain_table(fixed, per_group, p.activation_type, p.activation_symmetric, groups, min_bits)
+    hold = frozenset() if attention else attention_tensors(shared_model)
+    gains = gain_table(fixed, per_group, p.activation_type, p.activation_symmetric, groups, min_bits, hold)
     save_onnx(add_gains(copy.deepcopy(shared_model), gains.tensors), dst / "model.onnx")
     write_json(dst / GAINS_FILE, gains.to_dict())
 
