@@ -111,12 +111,17 @@ def interleaved(build: Path, configs: list[str], height: int, width: int, batch:
             req.infer(x)
             if r:
                 times[k].append(time.perf_counter() - t0)
-        if r:
-            print(f"round {r}: " + " ".join(f"{t[-1]:.3f}" for t in times), file=sys.stderr, flush=True)
+        if r and rounds <= 30:
+            print(f"round {r}: " + " ".join(f"{t[-1]:.4g}" for t in times), file=sys.stderr, flush=True)
     return [
-        {"config": c, "median_s": float(np.median(t)), "calls_s": [round(v, 3) for v in t]}
+        {"config": c, "median_s": float(np.median(t)), "calls_s": [float(f"{v:.4g}") for v in t]}
         for c, t in zip(configs, times)
     ]
+
+
+def _calls(calls: list[float]) -> str:
+    """A configuration's call times for the table: all of them, or their range when there are many."""
+    return str(calls) if len(calls) <= 15 else f"{min(calls):.4g}-{max(calls):.4g} ({len(calls)} calls)"
 
 
 def _resident() -> str:
@@ -201,8 +206,8 @@ def main() -> None:
         for r in res:
             r["paired_speed"] = float(np.median([a / b for a, b in zip(first, r["calls_s"])]))
         text += "".join(
-            f"| {r['config']} | {r['median_s']:.3f} | {base / r['median_s']:.2f}x | {r['paired_speed']:.2f}x | "
-            f"{r['calls_s']} |\n"
+            f"| {r['config']} | {r['median_s']:.4g} | {base / r['median_s']:.2f}x | {r['paired_speed']:.2f}x | "
+            f"{_calls(r['calls_s'])} |\n"
             for r in res
         )
         print(text)

@@ -61,7 +61,9 @@ def _unet_info(unet: QuantizedUnet | None, metrics: VariantMetrics | None, chose
     }
     g = unet.plan.gains
     if g:  # how many tensors the gains graph gains, of how many (gains_min_bits)
-        info["gains"] = {k: g.get(k) for k in ("candidates", "min_bits", "fallback", "held_back")} | {"tensors": len(g["tensors"])}
+        info["gains"] = {k: g.get(k) for k in ("candidates", "min_bits", "fallback", "held_back")} | {
+            "tensors": len(g["tensors"])
+        }
     return info
 
 
