@@ -80,6 +80,40 @@ def test_host_device_check_reuses_the_unet_checks_outputs_and_agrees(tiny_build,
             assert a[k] == b[k], (k, a, b)
 
 
+def test_device_check_loads_each_component_once_and_agrees_with_the_build(tiny_build):
+    """`edgeq check` holds one stage at a time (low memory) and runs the bundle's UNet calls while the
+    images' UNet is loaded: each component is loaded once, and the figures are the build's own."""
+    from edgeq.manifest import read_manifest
+    from edgeq.runtime.pipeline import default_runner
+    from edgeq.targets import for_manifest
+    from edgeq.verify.device import device_check
+
+    root, r = tiny_build
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = root / "out"
+    manifest = read_manifest(out)
+    loads: list[str] = []
+
+    def counted(factory):
+        def make(build, info):
+            loads.append(next(n for n, c in read_manifest(build)["components"].items() if c == info))
+            return factory(build, info)
+
+        return make
+
+    factories = {"onnxruntime": default_runner, **for_manifest(manifest).runners()}
+    runners = {k: counted(f) for k, f in factories.items()}
+    res = device_check(out, runners=runners, log=lambda *a: None)
+    assert res.passed
+    assert sorted(loads) == ["text_encoder", "unet", "vae_decoder"]  # the UNet once, not once per use
+    host = manifest["kernel_fidelity"]["host"]
+    assert [(g.index, g.gap_db, g.deployed_db) for g in res.groups] == [
+        (g["index"], g["gap_db"], g["deployed_db"]) for g in host["groups"]
+    ]
+    assert res.e2e["images"] == host["e2e"]["images"] > 0
+    assert res.e2e["psnr_db"] == pytest.approx(host["e2e"]["psnr_db"], rel=1e-9)  # the build host's images
+
+
 def test_build_folder_contents(tiny_build):
     root, _ = tiny_build
     out = root / "out"

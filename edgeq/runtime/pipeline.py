@@ -145,22 +145,30 @@ class Pipeline:
         """One image, HxWx3 uint8."""
         return self.generate_many([o])[0]
 
-    def generate_many(self, opts: list[GenerateOptions]) -> list[np.ndarray]:
+    def generate_many(
+        self, opts: list[GenerateOptions], with_unet: Callable[[Runner], None] | None = None
+    ) -> list[np.ndarray]:
         """Images for several options, denoised in lockstep: step i of every image before step i + 1 of
         any. Each image is what :meth:`generate` makes of its options alone; a UNet with one graph per
         timestep group that keeps one graph loaded at a time switches graphs once per group, not once
-        per image."""
-        latents = self.denoise_many(opts)
+        per image. ``with_unet``: see :meth:`denoise_many`."""
+        latents = self.denoise_many(opts, with_unet)
         self._hold_only("vae_decoder")
         return [self.decode(z) for z in latents]
 
-    def denoise_many(self, opts: list[GenerateOptions]) -> list[np.ndarray]:
-        """The final latents of :meth:`generate_many`, not decoded."""
+    def denoise_many(
+        self, opts: list[GenerateOptions], with_unet: Callable[[Runner], None] | None = None
+    ) -> list[np.ndarray]:
+        """The final latents of :meth:`generate_many`, not decoded. ``with_unet(runner)``: called once
+        with the UNet's runner after the prompts are encoded and before the first denoising call, so
+        that other UNet calls (a device check's bundle) share its one load when ``low_memory``."""
         runs = [self._denoise(o) for o in opts]
         self._hold_only(*(n for n in self._make if n.startswith("text_encoder")))
         for r in runs:  # every prompt encoded before the first UNet call
             next(r)
         self._hold_only("unet")
+        if with_unet is not None:
+            with_unet(self.runner("unet"))
         final: list[np.ndarray | None] = [None] * len(runs)
         active = list(range(len(runs)))
         while active:

@@ -155,9 +155,23 @@ def device_check(
     pipe = Pipeline(folder, runners=runners, low_memory=True)  # loads only what it runs
     with np.load(folder / CALLS) as z:
         calls = {k: z[k] for k in z.files}
-    if unet_outputs is not None and len(unet_outputs) == len(bundle["calls"]):
-        outputs = list(unet_outputs)
-    else:
+    have_outputs = unet_outputs is not None and len(unet_outputs) == len(bundle["calls"])
+    outputs: list[np.ndarray] | None = list(unet_outputs) if have_outputs else None
+    make_images = (
+        images and bool(bundle["images"]) and not (generated is not None and len(generated) == len(bundle["images"]))
+    )
+    got = list(generated) if images and bundle["images"] and not make_images else None
+    if make_images:  # the bundle's calls while the images' UNet is loaded: one load of it, not two
+
+        def bundle_calls(unet) -> None:
+            nonlocal outputs
+            if outputs is None:
+                outputs = run_calls(unet, bundle, calls)
+
+        got = pipe.generate_many(
+            [GenerateOptions(prompt=im["prompt"], seed=im["seed"]) for im in bundle["images"]], with_unet=bundle_calls
+        )
+    if outputs is None:
         outputs = run_calls(pipe.runner("unet"), bundle, calls)
     rows = kernel_rows(bundle, calls, outputs)
     g = bundle["gates"]
@@ -166,13 +180,9 @@ def device_check(
         gates.append(Gate("unet", "sqnr_db", r.index, r.deployed_db, g["unet_sqnr_db"]))
         gates.append(Gate("unet", "kernel_gap_db", r.index, r.gap_db, g["kernel_gap_db"], higher_is_better=False))
     e2e: dict[str, Any] = {}
-    if images and bundle["images"]:
+    if got is not None:
         with np.load(folder / IMAGES) as z:
             ref = {k: z[k] for k in z.files}
-        if generated is not None and len(generated) == len(bundle["images"]):
-            got = list(generated)
-        else:
-            got = pipe.generate_many([GenerateOptions(prompt=im["prompt"], seed=im["seed"]) for im in bundle["images"]])
         fp32 = [ref[f"fp32_{i}"] for i in range(len(got))]
         e2e = {
             "images": len(got),
