@@ -2,7 +2,8 @@
 """Time per image of several builds, each with its own deployed runners, called in turn in one
 process: medians of the same rounds and paired ratios against the first build (the median over
 rounds of the first build's time in that round over this one's), so that the machine's load falls on
-all alike. An image is the whole pipeline: text encoder, every UNet call, VAE decoder.
+all alike. An image is the whole pipeline: text encoder, every UNet call, VAE decoder. Every build
+is loaded whole at once, so this is for builds that fit in memory together (tiny-sd, tiny-lcm).
 
     python tools/bench_images.py build/lcm-a build/lcm-b --steps 4 --rounds 40 --out benchmarks/NAME
 """

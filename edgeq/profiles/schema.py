@@ -229,7 +229,8 @@ class CalibrationDefaults:
     )
     auto_gains: bool = setting(True, "auto may deploy gains (false where their ops stop the int8 kernels)")
     gains_attention: bool = setting(
-        True, "gains may go on attention scores, probabilities and context (false where they break fused attention)"
+        True,
+        "gains may go on attention cores: Q, K, V, scores, probabilities, context (false: OpenVINO keeps them fused)",
     )
 
 

@@ -32,6 +32,17 @@ from onnx import TensorProto, helper, numpy_helper
 GAINS_INPUT = "edgeq_gains"
 GAINS_FILE = "gains.json"
 LINEAR = {"Conv": (0,), "MatMul": (0, 1), "Gemm": (0,)}  # op type -> inputs it is linear in (with a gain)
+# ops that give a constant when every input is one (a weight's Q/DQ, layout and type changes)
+_PASS_THROUGH = (
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Transpose",
+    "Cast",
+    "Identity",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+)
 _ONNX_TYPES = {
     "uint8": TensorProto.UINT8,
     "int8": TensorProto.INT8,
@@ -50,7 +61,7 @@ class Gains:
     candidates: int = 0  # activation tensors that could take a gain (``tensors`` are those that do)
     min_bits: float = 0.0  # the spread a tensor's groups needed to take one
     fallback: bool = False  # no tensor reached ``min_bits``: the one whose groups differ most is kept
-    held_back: int = 0  # candidates never gained (attention outputs on a runtime that fuses attention)
+    held_back: int = 0  # candidates never gained (attention cores' tensors, ``gains_attention = false``)
 
     def row(self, group: int) -> np.ndarray:
         return np.asarray(self.table[group], np.float32)
@@ -125,18 +136,19 @@ def gain_table(
     groups differ most), so the graph keeps its gains input.
 
     ``hold_back``: candidates that never take a gain, whatever their spread (see
-    :func:`attention_tensors`); they count as candidates and keep the fixed scale."""
+    :func:`attention_tensors`); they count as candidates and keep the fixed scale. Should every
+    candidate be held back, the one whose groups differ most is kept all the same (``fallback``)."""
     tensors = [t for t in fixed if all(t in r for r in per_group)]
-    candidates, fallback = len(tensors), False
-    eligible = [t for t in tensors if t not in hold_back]
-    held = len(tensors) - len(eligible) if eligible else 0  # all held back: the graph still needs one
-    tensors = eligible or tensors
+    candidates = len(tensors)
     scales = {t: [group_scale(ranges[t], fixed[t][1], qtype, symmetric) for ranges in per_group] for t in tensors}
-    if min_bits > 0 and tensors:
-        spread = {t: max(abs(float(np.log2(fixed[t][0] / sg))) for sg in scales[t]) for t in tensors}
-        kept = [t for t in tensors if spread[t] >= min_bits]
-        fallback = not kept
-        tensors = kept or [max(tensors, key=lambda t: spread[t])]
+    spread = {t: max(abs(float(np.log2(fixed[t][0] / sg))) for sg in scales[t]) for t in tensors}
+    eligible = [t for t in tensors if t not in hold_back]
+    kept = [t for t in eligible if spread[t] >= min_bits] if min_bits > 0 else eligible
+    fallback = bool(tensors) and not kept
+    if fallback:
+        kept = [max(eligible or tensors, key=lambda t: spread[t])]
+    held = sum(t not in kept for t in tensors if t in hold_back)
+    tensors = kept
     rows = []
     for g in range(len(per_group)):
         g_in, g_out = [], []
@@ -160,8 +172,17 @@ def attention_tensors(model: onnx.ModelProto) -> set[str]:
     the fused kernel then departs from the exact Q/DQ arithmetic (tiny-lcm, 4 steps: 1.33 dB kernel
     gap in one step, against 0.00 with no gain in the core)."""
     g = model.graph
-    inits = {i.name for i in g.initializer}
     prod = {o: n for n in g.node for o in n.output}
+    const = {i.name for i in g.initializer}  # and whatever is computed from constants alone, in any node order
+    grew = True
+    while grew:
+        grew = False
+        for n in g.node:
+            if n.output[0] not in const and (
+                n.op_type == "Constant" or (n.op_type in _PASS_THROUGH and all(x in const for x in n.input if x))
+            ):
+                const.update(n.output)
+                grew = True
 
     def source(x: str) -> tuple[str, bool]:
         """What a MatMul input carries: the float tensor its Q/DQ pair quantizes, and whether it is
@@ -171,22 +192,16 @@ def attention_tensors(model: onnx.ModelProto) -> set[str]:
             q = prod.get(n.input[0])
             if q is not None and q.op_type == "QuantizeLinear":
                 return q.input[0], True
-            return n.input[0], False
         return x, False
-
-    def activation(x: str) -> bool:
-        n = prod.get(x)
-        return x not in inits and not (n is not None and n.op_type == "Constant")
 
     out = set()
     for n in g.node:
         if n.op_type == "Softmax":
             out.add(n.output[0])
-        elif n.op_type == "MatMul":
+        elif n.op_type == "MatMul" and not any(x in const for x in n.input[:2]):
             srcs = [source(x) for x in n.input[:2]]
-            if all(activation(x) for x, _ in srcs):
-                out.add(n.output[0])
-                out |= {x for x, quantized in srcs if quantized}
+            out.add(n.output[0])
+            out |= {x for x, quantized in srcs if quantized}
     return out
 
 

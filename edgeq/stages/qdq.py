@@ -227,7 +227,7 @@ def quantize_unet(ctx: Context, cal: ComponentStats, cap: Capture, log=print) ->
     mode = ctx.plan.group_mode
     if per_dir is not None and (mode == "gains" or (mode == "auto" and c.group_gains and c.auto_gains)):
         gains_dir = ctx.stages.folder(
-            "gains-unet", str(root), c.gains_min_bits, c.gains_attention,
+            "gains-unet", str(root), c.gains_min_bits, *([] if c.gains_attention else ["no attention"]),
             make=lambda tmp: write_gains_graph(
                 shared_model, cal, per_group, gd, tmp, c.gains_min_bits, c.gains_attention
             ),
@@ -269,8 +269,8 @@ def write_gains_graph(
     attention: bool = True,
 ) -> None:
     """The shared Q/DQ graph with group gains on the tensors whose groups differ by ``min_bits`` or
-    more (not on attention scores, probabilities and context unless ``attention``), and its
-    ``gains.json``."""
+    more (none on the attention cores' tensors unless ``attention``: see
+    :func:`edgeq.quantize.gains.attention_tensors`), and its ``gains.json``."""
     from edgeq.quantize.gains import add_gains, attention_tensors, gain_table
     from edgeq.quantize.insert import read_activation_qparams
 

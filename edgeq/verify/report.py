@@ -159,12 +159,11 @@ def _grouping_gain(variants: dict[str, list[dict]], built: dict[str, Any] | None
             f"- the gains graph gains {built['tensors']} of {built['candidates']} activation tensors: those whose "
             f"group scales differ from the shared one by at least {built['min_bits']:g} bits (`gains_min_bits`); "
             "the others keep the shared scale and cost no multiply"
-            + (
-                f"; {built['held_back']} tensors of the attention cores (Q, K, V, scores, probabilities, context) "
-                "take none whatever their spread (`gains_attention = false`: the runtime keeps attention fused)"
-                if built.get("held_back")
-                else ""
-            )
+        )
+    if built and "gains" in gains and built.get("held_back"):
+        lines.append(
+            f"- {built['held_back']} tensors of the attention cores (Q, K, V, scores, probabilities, context) take "
+            "no gain whatever their spread (`gains_attention = false`, so that OpenVINO keeps attention fused)"
         )
     return lines
 
