@@ -73,7 +73,7 @@ def main() -> None:
     if args.out:
         args.out.with_suffix(".md").write_text(text)
         args.out.with_suffix(".json").write_text(
-            json.dumps({"args": vars(args) | {"builds": rows}}, default=str, indent=1)
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": rows}, indent=1)
         )
 
 
