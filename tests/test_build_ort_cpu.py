@@ -96,7 +96,7 @@ def test_device_check_loads_each_component_once_and_agrees_with_the_build(tiny_b
 
     def counted(factory):
         def make(build, info):
-            loads.append(next(n for n, c in read_manifest(build)["components"].items() if c == info))
+            loads.append(next(n for n, c in manifest["components"].items() if c == info))
             return factory(build, info)
 
         return make

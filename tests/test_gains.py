@@ -265,6 +265,41 @@ def test_attention_cores_take_no_gain_and_openvino_keeps_attention_fused(tiny_ex
     assert unfused_softmax(every.tensors) > shared  # what the hold-back is for
 
 
+def test_attention_tensors_are_activation_by_activation_matmuls_only():
+    """A MatMul reading a weight however it is stored (a DQ of an initializer behind a Transpose, a
+    Reshape of a float initializer, both after their reader in node order as ORT's quantizer writes
+    them) is a projection; one reading two activations is attention: its output, its Softmax and the
+    quantized tensors it reads."""
+    from onnx import helper, numpy_helper
+
+    from edgeq.quantize.gains import attention_tensors
+
+    inits = [
+        numpy_helper.from_array(np.ones((4, 4), np.int8), "W"),
+        numpy_helper.from_array(np.ones(16, np.float32), "Wf"),
+        numpy_helper.from_array(np.array([4, 4], np.int64), "shape"),
+        numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("MatMul", ["xd", "Wt"], ["proj"]),
+        node("MatMul", ["xd", "Wr"], ["proj2"]),
+        node("MatMul", ["xd", "kd"], ["scores"]),
+        node("Softmax", ["scores"], ["probs"]),
+        node("Transpose", ["Wd"], ["Wt"]),
+        node("DequantizeLinear", ["W", "s", "z"], ["Wd"]),
+        node("Reshape", ["Wf", "shape"], ["Wr"]),
+        node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+        node("QuantizeLinear", ["k", "s", "z"], ["kq"]),
+        node("DequantizeLinear", ["kq", "s", "z"], ["kd"]),
+    ]
+    io = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [4, 4]) for n in ("x", "k", "probs")]
+    model = helper.make_model(helper.make_graph(nodes, "g", io[:2], io[2:], inits))
+    assert attention_tensors(model) == {"x", "k", "scores", "probs"}
+
+
 def test_group_scale_keeps_the_zero_point_and_holds_the_range():
     s = group_scale((-1.0, 3.0), 64, "uint8", False)
     assert -64 * s <= -1.0 and (255 - 64) * s >= 3.0

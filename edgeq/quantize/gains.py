@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeq.quantize.policy import constant_names
+
 GAINS_INPUT = "edgeq_gains"
 GAINS_FILE = "gains.json"
 LINEAR = {"Conv": (0,), "MatMul": (0, 1), "Gemm": (0,)}  # op type -> inputs it is linear in (with a gain)
@@ -173,16 +175,7 @@ def attention_tensors(model: onnx.ModelProto) -> set[str]:
     gap in one step, against 0.00 with no gain in the core)."""
     g = model.graph
     prod = {o: n for n in g.node for o in n.output}
-    const = {i.name for i in g.initializer}  # and whatever is computed from constants alone, in any node order
-    grew = True
-    while grew:
-        grew = False
-        for n in g.node:
-            if n.output[0] not in const and (
-                n.op_type == "Constant" or (n.op_type in _PASS_THROUGH and all(x in const for x in n.input if x))
-            ):
-                const.update(n.output)
-                grew = True
+    const = constant_names(g, _PASS_THROUGH)  # weights, however reshaped and quantized
 
     def source(x: str) -> tuple[str, bool]:
         """What a MatMul input carries: the float tensor its Q/DQ pair quantizes, and whether it is

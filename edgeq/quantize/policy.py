@@ -21,17 +21,27 @@ class Decision:
     reason: str
 
 
-def constant_names(graph: onnx.GraphProto) -> set[str]:
-    """Initializers and outputs of Constant nodes (and of Transposes/Casts/Identity of them)."""
+def constant_names(
+    graph: onnx.GraphProto, through: tuple[str, ...] = ("Transpose", "Cast", "Identity", "Reshape")
+) -> set[str]:
+    """Initializers and outputs of Constant nodes, and of ``through`` ops whose inputs are all
+    constant (a weight's layout and type changes), in any node order (ONNX Runtime's quantizer
+    appends its Q/DQ nodes after their readers)."""
     const = {i.name for i in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" or (
-            n.op_type in ("Transpose", "Cast", "Identity", "Reshape")
-            and n.input
-            and n.input[0] in const
-            and all(i in const for i in n.input[1:])
-        ):
-            const.update(n.output)
+    grew = True
+    while grew:
+        grew = False
+        for n in graph.node:
+            if (
+                n.output
+                and n.output[0] not in const
+                and (
+                    n.op_type == "Constant"
+                    or (n.op_type in through and n.input and all(i in const for i in n.input if i))
+                )
+            ):
+                const.update(n.output)
+                grew = True
     return const
 
 

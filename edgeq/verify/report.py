@@ -149,18 +149,20 @@ def _grouping_gain(variants: dict[str, list[dict]], built: dict[str, Any] | None
     lines = ["", "What per-group scales gain over one shared range (held-out calls):", ""]
     for mode, g in gains.items():
         lines.append(f"- {mode}: worst group {g['worst_db']:+.2f} dB, mean {g['mean_db']:+.2f} dB")
-    if built and "gains" in gains and built.get("fallback"):
+    if not (built and "gains" in gains):
+        return lines
+    if built.get("fallback"):
         lines.append(
             f"- no activation tensor's group scales differ from the shared one by {built['min_bits']:g} bits "
             f"(`gains_min_bits`): the gains graph gains only the one of {built['candidates']} that differs most"
         )
-    elif built and "gains" in gains:
+    else:
         lines.append(
             f"- the gains graph gains {built['tensors']} of {built['candidates']} activation tensors: those whose "
             f"group scales differ from the shared one by at least {built['min_bits']:g} bits (`gains_min_bits`); "
             "the others keep the shared scale and cost no multiply"
         )
-    if built and "gains" in gains and built.get("held_back"):
+    if built.get("held_back"):
         lines.append(
             f"- {built['held_back']} tensors of the attention cores (Q, K, V, scores, probabilities, context) take "
             "no gain whatever their spread (`gains_attention = false`, so that OpenVINO keeps attention fused)"
